@@ -1,0 +1,119 @@
+"""User hooks: executables in ``<hook_dir>/<kind>/``, run in name order with the event in env.
+
+A hook is the user's code on the critical path to a deadline, so each one gets a timeout
+(bounded by what is left of the caller's budget) and is killed with its whole process group
+when it overstays. A failing hook is reported, never raised: the next step must still happen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from spotguard.clock import Clock, SystemClock
+
+log = structlog.get_logger()
+
+KINDS = ("pre-reclaim", "pre-hibernate", "post-resume", "on-notice", "graceful")
+_OUTPUT_TAIL = 2000  # characters of a hook's output kept for the log
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    hook: str  # file name inside the kind's folder
+    returncode: int | None  # None: it did not finish (timed out, could not start, no time left)
+    timed_out: bool = False
+    output: str = ""  # the tail of stdout and stderr together
+    error: str = ""  # why it did not run to the end
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class HookRunner:
+    def __init__(self, hook_dir: Path, timeout_s: float, clock: Clock | None = None) -> None:
+        self._hook_dir = hook_dir
+        self._timeout_s = timeout_s
+        self._clock = clock or SystemClock()
+
+    def run(
+        self, kind: str, event_env: Mapping[str, str], budget_s: float | None = None
+    ) -> list[HookResult]:
+        """Run every hook of `kind` in turn, all together within `budget_s` (None: no bound)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown hook kind {kind!r} (known: {', '.join(KINDS)})")
+        end = self._clock.monotonic() + (math.inf if budget_s is None else budget_s)
+        env = {**os.environ, **event_env, "SPOTGUARD_HOOK": kind}
+        results = []
+        for path in self._hooks(kind):
+            left = min(self._timeout_s, end - self._clock.monotonic())
+            if left <= 0:
+                log.warning("hook.skipped", kind=kind, hook=path.name, reason="budget spent")
+                results.append(HookResult(path.name, None, error="skipped: the budget was spent"))
+                continue
+            results.append(_run_one(kind, path, env, left))
+        return results
+
+    def _hooks(self, kind: str) -> list[Path]:
+        folder = self._hook_dir / kind
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:  # a missing folder is the usual case: no hooks of this kind
+            return []
+        hooks = []
+        for path in entries:
+            if path.is_file() and os.access(path, os.X_OK):
+                hooks.append(path)
+            else:
+                log.info("hook.not_executable", kind=kind, hook=path.name, path=str(path))
+        return hooks
+
+
+def _run_one(kind: str, path: Path, env: Mapping[str, str], timeout_s: float) -> HookResult:
+    # Output goes to a file, not a pipe: a grandchild that keeps the pipe open cannot hang us.
+    with tempfile.TemporaryFile() as output:
+        try:
+            process = subprocess.Popen(
+                [str(path)],
+                cwd=path.parent,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("hook.failed", kind=kind, hook=path.name, error=str(exc))
+            return HookResult(path.name, None, error=f"could not start: {exc}")
+        try:
+            returncode: int | None = process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            returncode = None
+        output.seek(0)
+        text = output.read().decode("utf-8", errors="replace")[-_OUTPUT_TAIL:]
+    if returncode is None:
+        log.error("hook.timeout", kind=kind, hook=path.name, timeout_s=timeout_s, output=text)
+        error = f"killed after {timeout_s:.1f} s"
+        return HookResult(path.name, None, timed_out=True, output=text, error=error)
+    if returncode != 0:
+        log.error("hook.failed", kind=kind, hook=path.name, returncode=returncode, output=text)
+        return HookResult(path.name, returncode, output=text, error=f"exited {returncode}")
+    log.info("hook.ran", kind=kind, hook=path.name)
+    return HookResult(path.name, returncode, output=text)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it ended between the timeout and the kill
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -1,0 +1,99 @@
+"""Prometheus metrics, and a health check that fails when monitoring fails (NTH's never does)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from spotguard.planner import Phase
+
+
+class Metrics:
+    """The agent's figures. Its own registry, so tests and two agents in one process don't clash."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.phase = Gauge("spotguard_phase", "1 for the current phase", ["phase"], registry=r)
+        self.healthy = Gauge(
+            "spotguard_healthy", "1 while the metadata service answers", registry=r
+        )
+        self.imds_failures = Gauge(
+            "spotguard_imds_consecutive_failures", "metadata polls failed in a row", registry=r
+        )
+        self.events = Counter("spotguard_events", "new events seen", ["kind"], registry=r)
+        self.reclaimed = Counter(
+            "spotguard_reclaimed_bytes", "bytes reclaimed", ["intensity"], registry=r
+        )
+        self.last_reclaim = Gauge(
+            "spotguard_last_reclaim_bytes", "bytes reclaimed by the last run", registry=r
+        )
+        self.image_expected = Gauge(
+            "spotguard_image_expected_bytes", "expected hibernation image", registry=r
+        )
+        self.image_floor = Gauge("spotguard_image_floor_bytes", "kernel's floor", registry=r)
+        self.swap_free = Gauge("spotguard_swap_free_bytes", "free swap", registry=r)
+        self.hibernations = Counter(
+            "spotguard_hibernations", "hibernations issued", ["result"], registry=r
+        )
+        self.ticks = Counter("spotguard_ticks", "control steps run", registry=r)
+
+    def set_phase(self, phase: Phase) -> None:
+        for each in Phase:
+            self.phase.labels(each.value).set(1 if each is phase else 0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """`/metrics` and `/healthz` (503 with the reason when unhealthy) on an opt-in port."""
+
+    def __init__(
+        self, metrics: Metrics, health: Callable[[], tuple[bool, str]], address: str, port: int
+    ) -> None:
+        handler = _handler(metrics, health)
+        self._server = ThreadingHTTPServer((address, port), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(
+    metrics: Metrics, health: Callable[[], tuple[bool, str]]
+) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._answer(200, metrics.render(), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                ok, why = health()
+                self._answer(200 if ok else 503, (why or "ok").encode() + b"\n", "text/plain")
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet: scrapes every few seconds would drown the journal."""
+
+    return Handler

@@ -1,0 +1,134 @@
+"""`spotguard check` (is this machine ready to hibernate?) and `spotguard hibernate` (do it now)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spotguard.assemble import HibernatorFactory, host_fs
+from spotguard.config import Config
+from spotguard.estimator import ImageEstimate, ImageEstimator
+from spotguard.imds import ImdsClient, ImdsError
+from spotguard.monitors import InstanceFacts, fetch_facts
+from spotguard.reclaim.detect import detect_backends
+from spotguard.table import print_table
+from spotguard.units import human_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser("check", help="preflight: can this machine hibernate safely?")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=_check)
+    hibernate = commands.add_parser("hibernate", help="hibernate now (checks the image first)")
+    hibernate.add_argument("--yes", action="store_true", help="really do it")
+    hibernate.set_defaults(func=_hibernate)
+
+
+def run_checks(config: Config) -> list[Check]:
+    """Every check runs even when an earlier one fails, so one call shows all that is wrong."""
+    checks: list[Check] = []
+    facts = _facts(config, checks)
+    estimate = _estimate(config, checks)
+    fs = host_fs(config)
+    if estimate is not None:
+        fits = estimate.fits(config.hibernate.swap_margin)
+        checks.append(
+            Check(
+                "swap holds the image",
+                fits,
+                f"{human_bytes(estimate.swap_free_bytes)} free for a "
+                f"{human_bytes(estimate.expected_bytes)} image x {config.hibernate.swap_margin}",
+            )
+        )
+    try:
+        cmdline = fs.read_text("/proc/cmdline").split()
+    except OSError as exc:
+        cmdline = []
+        checks.append(Check("kernel command line", False, str(exc)))
+    resume = [arg for arg in cmdline if arg.startswith(("resume=", "resume_offset="))]
+    checks.append(
+        Check(
+            "resume= set",
+            any(a.startswith("resume=") for a in resume),
+            " ".join(resume) or "no resume= on /proc/cmdline",
+        )
+    )
+    report = detect_backends(fs, config.reclaim)
+    checks.append(Check("reclaim backend", report.usable, report.describe()))
+    preflight = HibernatorFactory(config, fs)(facts).preflight()
+    checks.append(Check(f"hibernate ({config.hibernate.mode})", preflight.issued, preflight.reason))
+    return checks
+
+
+def _facts(config: Config, checks: list[Check]) -> InstanceFacts | None:
+    try:
+        facts = fetch_facts(ImdsClient(config.imds))
+    except ImdsError as exc:
+        checks.append(Check("metadata service", False, f"{config.imds.url}: {exc}"))
+        return None
+    checks.append(
+        Check(
+            "metadata service",
+            True,
+            f"{facts.instance_id} ({facts.life_cycle or '?'}, {facts.region})",
+        )
+    )
+    if config.hibernate.mode == "ec2":
+        checks.append(
+            Check(
+                "hibernation configured",
+                facts.hibernation_configured is True,
+                f"hibernation/configured = {facts.hibernation_configured}",
+            )
+        )
+    return facts
+
+
+def _estimate(config: Config, checks: list[Check]) -> ImageEstimate | None:
+    try:
+        return ImageEstimator(host_fs(config), config.hibernate).estimate()
+    except (OSError, ValueError) as exc:
+        checks.append(Check("image estimate", False, str(exc)))
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    checks = run_checks(args.config_obj)
+    if args.json:
+        print(json.dumps([c.__dict__ for c in checks], indent=2))
+    else:
+        print_table([(c.name, f"{'ok  ' if c.ok else 'FAIL'}  {c.detail}") for c in checks])
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _hibernate(args: argparse.Namespace, confirm: Callable[[], bool] | None = None) -> int:
+    config: Config = args.config_obj
+    estimate = _estimate(config, checks := [])
+    if estimate is None:
+        print(f"spotguard: refusing: {checks[0].detail}", file=sys.stderr)
+        return 1
+    if not estimate.fits(config.hibernate.swap_margin):
+        print(
+            f"spotguard: refusing: the {human_bytes(estimate.expected_bytes)} image does not fit "
+            f"in {human_bytes(estimate.swap_free_bytes)} of free swap "
+            f"(margin {config.hibernate.swap_margin})",
+            file=sys.stderr,
+        )
+        return 1
+    if not args.yes:
+        print("spotguard: this hibernates the machine now; add --yes to do it", file=sys.stderr)
+        return 2
+    facts = _facts(config, []) if config.hibernate.mode == "ec2" else None
+    result = HibernatorFactory(config, host_fs(config))(facts).hibernate()
+    print(result.reason)
+    return 0 if result.issued else 1

@@ -1,0 +1,1 @@
+"""Staged opportunistic memory reclaim: one backend per kernel interface, one engine."""

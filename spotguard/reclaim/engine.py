@@ -1,0 +1,321 @@
+"""The staged reclaimer: many small, deadline-bound steps over an ordered plan of cgroups.
+
+Small steps keep each kernel reclaim short, so the workloads around it stay responsive and we
+can stop at the first sign of pressure, at the budget, or on cancel. Nothing is ever killed and
+only cgroups under the configured root are touched.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from spotguard.clock import Clock
+from spotguard.config import ReclaimConfig
+from spotguard.hostfs import HostFS
+from spotguard.reclaim.api import Intensity, ProgressFn, ReclaimRequest, ReclaimResult, StageResult
+from spotguard.reclaim.backend import Backend, Phase, StepOutcome, T_contra
+from spotguard.reclaim.cgroup import (
+    Cgroup,
+    CgroupError,
+    CgroupPathError,
+    CgroupVanished,
+    Usage,
+)
+from spotguard.reclaim.deadline import (
+    DEFAULT_SIGNAL,
+    BoundedWriter,
+    WriteInterrupted,
+    install_interrupt_handler,
+)
+from spotguard.reclaim.detect import BackendReport, detect_backends
+from spotguard.reclaim.drop_caches import DropCachesBackend, HostMemory
+from spotguard.reclaim.journal import LimitJournal
+from spotguard.reclaim.plan import plan
+from spotguard.reclaim.procfs import ProcFormatError, read_meminfo, read_vmstat
+from spotguard.reclaim.swap_reclaim import SwapReclaimBackend
+from spotguard.reclaim.v1 import V1LimitBackend, restore_journal
+from spotguard.reclaim.v2 import V2Backend
+from spotguard.reclaim.writer import FileWriter, LibcWriter
+from spotguard.signals.psi import HostPressure
+
+log = structlog.get_logger()
+
+MIN_STEP = 16 << 20  # below this, per-step overhead dominates; above config.step, latency does
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class StagedReclaimer:
+    """Implements `Reclaimer`. Construct it in the main thread: it installs the handler for the
+    signal that interrupts writes, detects the backends, and puts back v1 limits a previous run
+    left lowered."""
+
+    def __init__(
+        self,
+        fs: HostFS,
+        config: ReclaimConfig,
+        clock: Clock,
+        state_dir: Path,
+        *,
+        writer: FileWriter | None = None,
+        signum: int = DEFAULT_SIGNAL,
+        sync: Callable[[], None] = os.sync,
+    ) -> None:
+        self._fs = fs
+        self._config = config
+        self._clock = clock
+        self._writer = writer or LibcWriter()
+        self._signum = signum
+        self._sync = sync
+        self._journal = LimitJournal(state_dir)
+        install_interrupt_handler(signum)
+        self.report: BackendReport = detect_backends(fs, config, self._writer, signum)
+        self.last_result: ReclaimResult | None = None
+        if self.report.memory_root is not None:
+            restore_journal(self._journal, fs, self.report.memory_root, self._writer)
+
+    def reclaim(
+        self,
+        request: ReclaimRequest,
+        cancel: threading.Event,
+        progress: ProgressFn | None = None,
+    ) -> ReclaimResult:
+        started = self._clock.monotonic()
+        vm_before = read_vmstat(self._fs)
+        run = _Run(
+            self._clock,
+            self._config,
+            request,
+            cancel=cancel,
+            progress=progress,
+            pressure=HostPressure(self._fs),
+            swap_free=self._swap_free(),
+        )
+        stages, reason = self._stages(run, request)
+        vm_after = read_vmstat(self._fs)
+        result = ReclaimResult(
+            intensity=request.intensity,
+            reclaimed_bytes=sum(s.reclaimed_bytes for s in stages),
+            duration_s=self._clock.monotonic() - started,
+            stop_reason=reason,
+            stages=stages,
+            swapped_out_bytes=_delta(vm_before, vm_after, ("pswpout",)) * PAGE,
+            host_reclaimed_bytes=_delta(vm_before, vm_after, _PGSTEAL) * PAGE,
+            backend=self.report.chosen or "",
+        )
+        self.last_result = result
+        log.info(
+            "reclaim.run",
+            intensity=str(request.intensity),
+            reclaimed_bytes=result.reclaimed_bytes,
+            stop_reason=reason,
+            stages=len(stages),
+            duration_s=round(result.duration_s, 3),
+        )
+        return result
+
+    def _stages(self, run: _Run, request: ReclaimRequest) -> tuple[tuple[StageResult, ...], str]:
+        chosen, root = self.report.chosen, self.report.memory_root
+        writer = BoundedWriter(self._writer, run.cancel, run.time_left, self._signum)
+        if chosen == "drop_caches":
+            if request.intensity is Intensity.LIGHT:  # global: it would hit protected cgroups
+                return (), "no-targets"
+            stage = run.stage(HostMemory(self._fs, writer), DropCachesBackend(self._sync))
+            return (stage,), run.stop_reason() or "complete"
+        if chosen is None or root is None:
+            return (), "unavailable"
+        backend = self._cgroup_backend(chosen)
+        names = plan(
+            lambda name: self._children(root, name),
+            lambda name: self._exists(root, name),
+            self._config,
+            request.intensity,
+            request.cgroups,
+        )
+        if not names:
+            return (), "no-targets"
+        stages: list[StageResult] = []
+        for name in names:
+            if run.stop_reason():
+                break
+            stages.append(run.stage(Cgroup.under(self._fs, root, name, writer), backend))
+        return tuple(stages), run.stop_reason() or "complete"
+
+    def _cgroup_backend(self, chosen: str) -> Backend[Cgroup]:
+        if chosen == "v2":
+            return V2Backend(self.report.swappiness)
+        if chosen == "swap.reclaim":
+            return SwapReclaimBackend()
+        return V1LimitBackend(self._journal, self._writer)
+
+    def _children(self, root: str, name: str) -> list[str]:
+        try:
+            return Cgroup.under(self._fs, root, name, self._writer).children()
+        except (CgroupError, CgroupPathError):
+            return []
+
+    def _exists(self, root: str, name: str) -> bool:
+        try:
+            return Cgroup.under(self._fs, root, name, self._writer).exists()
+        except CgroupPathError as exc:
+            log.error("reclaim.cgroup_refused", cgroup=name, error=str(exc))
+            return False
+
+    def _swap_free(self) -> int:
+        try:
+            return read_meminfo(self._fs).get("SwapFree", 0)
+        except ProcFormatError as exc:
+            log.warning("reclaim.meminfo_unreadable", error=str(exc))
+            return 0
+
+
+_PGSTEAL = ("pgsteal_kswapd", "pgsteal_direct", "pgsteal_khugepaged", "pgsteal_proactive")
+
+
+def _delta(before: dict[str, int], after: dict[str, int], keys: tuple[str, ...]) -> int:
+    return sum(max(after.get(k, 0) - before.get(k, 0), 0) for k in keys)
+
+
+@dataclass
+class _Tally:
+    """One stage's running totals, measured from usage before and after every step."""
+
+    cgroup: str
+    backend: str
+    reclaimed: int = 0
+    file: int = 0
+    anon: int = 0
+    steps: int = 0
+
+    def add(self, before: Usage, after: Usage, reported: int | None) -> int:
+        gained = max(before.total - after.total, 0) if reported is None else reported
+        self.reclaimed += gained
+        self.file += max(before.file - after.file, 0)
+        self.anon += max(before.anon - after.anon, 0)
+        self.steps += 1
+        return gained
+
+    def result(self, reason: str, duration_s: float) -> StageResult:
+        return StageResult(
+            cgroup=self.cgroup,
+            backend=self.backend,
+            reclaimed_bytes=self.reclaimed,
+            file_bytes=self.file,
+            anon_bytes=self.anon,
+            steps=self.steps,
+            stop_reason=reason,
+            duration_s=duration_s,
+        )
+
+
+class _Run:
+    """One reclaim run: its budget, pressure threshold, remaining target and the step loop."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        config: ReclaimConfig,
+        request: ReclaimRequest,
+        *,
+        cancel: threading.Event,
+        progress: ProgressFn | None,
+        pressure: HostPressure,
+        swap_free: int,
+    ) -> None:
+        self.clock = clock
+        self.config = config
+        self.cancel = cancel
+        self.progress = progress
+        self.pressure = pressure
+        self.deadline = clock.monotonic() + request.budget_s
+        self.remaining = request.target_bytes
+        self.swap_free = swap_free
+        emergency = request.intensity is Intensity.EMERGENCY
+        self.threshold = config.emergency_psi if emergency else config.idle_psi
+        anon = request.intensity is not Intensity.LIGHT and swap_free > 0
+        self.phases = (Phase.FILE, Phase.ANON) if anon else (Phase.FILE,)
+
+    def time_left(self) -> tuple[float, str]:
+        """What one write may take: the write timeout, or less when the budget is nearly spent."""
+        budget = self.deadline - self.clock.monotonic()
+        if budget < self.config.write_timeout:
+            return budget, "budget"
+        return self.config.write_timeout, "timeout"
+
+    def stop_reason(self) -> str | None:
+        if self.cancel.is_set():
+            return "cancelled"
+        if self.clock.monotonic() >= self.deadline:
+            return "budget"
+        if self.remaining is not None and self.remaining <= 0:
+            return "target"
+        host = self.pressure.read()
+        if any(v is not None and v > self.threshold for v in (host.memory_some, host.io_some)):
+            return "pressure"
+        return None
+
+    def stage(self, target: T_contra, backend: Backend[T_contra]) -> StageResult:
+        started = self.clock.monotonic()
+        tally = _Tally(target.name, backend.name)
+        try:
+            with backend.stage(target):
+                reason = self._steps(target, backend, tally)
+        except CgroupVanished:
+            reason = "vanished"
+        except (CgroupError, ProcFormatError, OSError) as exc:
+            log.error("reclaim.stage_failed", cgroup=target.name, error=str(exc))
+            reason = "error"
+        result = tally.result(reason, self.clock.monotonic() - started)
+        log.info("reclaim.stage", **result.to_dict())
+        return result
+
+    def _steps(self, target: T_contra, backend: Backend[T_contra], tally: _Tally) -> str:
+        for phase in (Phase.FILE,) if backend.one_shot else self.phases:
+            while True:
+                pressure = target.pressure()
+                if reason := self.stop_reason():
+                    return reason
+                if pressure is not None and pressure > self.threshold:
+                    return "pressure"
+                before = target.usage()
+                nbytes = self._step_size(before, phase)
+                if nbytes < PAGE:
+                    break
+                interrupted = ""
+                try:
+                    outcome = backend.step(target, nbytes, phase)
+                except WriteInterrupted as exc:
+                    outcome, interrupted = StepOutcome(), exc.reason
+                except InterruptedError:  # a signal that was not ours: count what it got
+                    outcome = StepOutcome()
+                gained = tally.add(before, target.usage(), outcome.reported_bytes)
+                log.debug(
+                    "reclaim.step",
+                    cgroup=target.name,
+                    phase=str(phase),
+                    asked=nbytes,
+                    gained=gained,
+                    exhausted=outcome.exhausted,
+                    interrupted=interrupted,
+                )
+                if self.remaining is not None:
+                    self.remaining -= gained
+                if self.progress is not None:
+                    self.progress(tally.result("", self.clock.monotonic()))
+                if interrupted in ("cancelled", "budget"):
+                    return interrupted
+                if outcome.exhausted or gained <= 0:
+                    break
+        return "done" if backend.one_shot else "no-progress"
+
+    def _step_size(self, usage: Usage, phase: Phase) -> int:
+        """A few percent of what is reclaimable, capped by reclaim.step, never more than it."""
+        reclaimable = usage.file + (min(usage.anon, self.swap_free) if phase is Phase.ANON else 0)
+        size = max(MIN_STEP, int(reclaimable * self.config.step_percent / 100))
+        size = min(size, self.config.step, reclaimable)
+        return size if self.remaining is None else min(size, self.remaining)

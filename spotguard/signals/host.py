@@ -1,0 +1,28 @@
+"""All local idle signals in one reading, for the planner."""
+
+from __future__ import annotations
+
+from spotguard.hostfs import HostFS
+from spotguard.signals import HostSample
+from spotguard.signals.cpu import CpuIdle
+from spotguard.signals.diskstats import DiskThroughput
+from spotguard.signals.loadavg import LoadAverage
+from spotguard.signals.psi import HostPressure
+
+
+class HostSignals:
+    """Keeps the previous reading of each source, so rates cover the time between samples."""
+
+    def __init__(self, fs: HostFS) -> None:
+        self._cpu = CpuIdle(fs)
+        self._pressure = HostPressure(fs)
+        self._disks = DiskThroughput(fs)
+        self._load = LoadAverage(fs)
+
+    def sample(self, monotonic_now: float) -> HostSample:
+        return HostSample(
+            cpu_min_idle_percent=self._cpu.read(),
+            pressure=self._pressure.read(),
+            io_bytes_per_s=self._disks.read(monotonic_now),
+            load1=self._load.read(),
+        )

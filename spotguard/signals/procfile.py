@@ -1,0 +1,29 @@
+"""A kernel text file read tolerantly: missing means "no signal", bad lines are logged once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+
+class ProcFile:
+    """One /proc or /sys file. Kernels differ, so absence and odd lines are normal, not errors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._complained = False
+
+    def read(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="ascii", errors="replace")
+        except OSError:
+            return None
+
+    def malformed(self, line: str) -> None:
+        """Note a line we could not parse; only the first one, so a bad file cannot flood logs."""
+        if not self._complained:
+            self._complained = True
+            log.warning("signals.malformed", path=str(self.path), line=line[:200])

@@ -1,0 +1,64 @@
+variable "region" {
+  description = "AWS region of the test fleet."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "endpoint" {
+  description = "Send every AWS API call here instead of AWS, e.g. a moto server at http://127.0.0.1:5000. null: real AWS."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.endpoint == null || can(regex("^https?://", var.endpoint))
+    error_message = "endpoint must be null or an http(s) URL."
+  }
+}
+
+variable "name" {
+  description = "Name of the fleet (see the module)."
+  type        = string
+  default     = "spotguard-test"
+}
+
+variable "instance_count" {
+  description = "How many hibernation-ready spot instances to run."
+  type        = number
+  default     = 2
+}
+
+variable "instance_type" {
+  description = "A hibernation-capable instance type."
+  type        = string
+  default     = "m7i.large"
+}
+
+variable "memory_mib" {
+  description = "RAM of instance_type in MiB; null reads it from DescribeInstanceTypes."
+  type        = number
+  default     = null
+}
+
+variable "ami_ssm_parameter" {
+  description = "Public SSM parameter naming the AMI: the latest Amazon Linux 2023 by default."
+  type        = string
+  default     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+}
+
+variable "spotguard_package" {
+  description = "What cloud-init pip-installs: a package spec or a wheel URL."
+  type        = string
+  default     = "spotguard"
+}
+
+variable "config_toml" {
+  description = "Extra spotguard TOML settings."
+  type        = string
+  default     = ""
+}
+
+variable "user_data_template" {
+  description = "cloud-init template; null: the repository's cloud-init/user-data.yaml."
+  type        = string
+  default     = null
+}

@@ -1,0 +1,333 @@
+"""The whole agent against real parts: the metadata simulator and a moto server on 127.0.0.1,
+and a simulated host tree whose 'kernel' reclaims when the engine writes memory.reclaim."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import requests
+
+from spotguard.agent import Agent
+from spotguard.assemble import build_agent
+from spotguard.clock import Clock, FakeClock, SystemClock
+from spotguard.config import Config, from_mapping
+from spotguard.hostfs import HostFS
+from spotguard.metrics import MetricsServer
+from spotguard.planner import Phase, Resumed
+from spotguard.simhost import GIB, SimCgroup, SimHost
+from spotguard.simulator import MetadataSimulator, SimulatedInstance
+from tests.fixtures_aws import MotoServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def stop_calls(moto: MotoServer) -> list[dict[str, list[str]]]:
+    """Every StopInstances moto received since recording started, as parsed form bodies."""
+    calls = []
+    for line in moto.recorded().splitlines():
+        entry = json.loads(line)
+        body = entry.get("body") or ""
+        if entry.get("body_encoded"):
+            body = base64.b64decode(body).decode()
+        form = urllib.parse.parse_qs(body)
+        if form.get("Action") == ["StopInstances"]:
+            calls.append(form)
+    return calls
+
+
+@pytest.fixture
+def instance_id(moto_server: MotoServer) -> str:
+    answer = moto_server.ec2().run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, HibernationOptions={"Configured": True}
+    )
+    moto_server.start_recording()
+    return answer["Instances"][0]["InstanceId"]
+
+
+def agent_config(tmp_path: Path, imds_url: str, **sections: dict[str, object]) -> Config:
+    raw: dict[str, dict[str, object]] = {
+        "imds": {"url": imds_url, "connect_timeout": 0.3, "read_timeout": 0.5, "attempts": 1},
+        "agent": {
+            "state_file": str(tmp_path / "state" / "state.json"),
+            "hook_dir": str(tmp_path / "hooks"),
+            "poll_interval": 0.2,
+            "unhealthy_after": 3,
+        },
+        "idle": {"duration": "1h"},
+        "reclaim": {"backend": "v2", "background": ["batch.slice"]},
+        "hibernate": {"mode": "ec2", "region": "us-east-1"},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return from_mapping(raw, env={})
+
+
+def hook(tmp_path: Path, kind: str, name: str = "record") -> Path:
+    """A hook that appends its kind and event to a file: proof it ran, and with what."""
+    folder = tmp_path / "hooks" / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / f"{kind}.log"
+    script = folder / name
+    script.write_text(
+        f'#!/bin/sh\necho "$SPOTGUARD_HOOK $SPOTGUARD_EVENT_KIND $SPOTGUARD_ACTION" >> {out}\n'
+    )
+    script.chmod(0o755)
+    return out
+
+
+def until(condition: Callable[[], bool], agent: Agent, limit_s: float = 20.0) -> None:
+    """Tick the agent until `condition` holds; the reclaim worker is a real thread."""
+    end = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting; phase {agent.state.phase}"
+        agent.tick()
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def busy_host(tmp_path: Path) -> Iterator[SimHost]:
+    """The RFC's VM: 85 % in use, so the image is big until reclaim shrinks it."""
+    host = SimHost(tmp_path / "host")
+    yield host.start()
+    host.stop()
+
+
+@pytest.fixture
+def quiet_host(tmp_path: Path) -> Iterator[SimHost]:
+    """A host with little in memory: its image is small from the start."""
+    small = {"batch.slice": SimCgroup(64 << 20, 64 << 20)}
+    host = SimHost(tmp_path / "host", cgroups=small)
+    yield host.start()
+    host.stop()
+
+
+def make_agent(
+    tmp_path: Path,
+    imds: MetadataSimulator,
+    host: SimHost,
+    clock: Clock | None = None,
+    **sections: Any,
+) -> Agent:
+    config = agent_config(tmp_path, imds.url, **sections)
+    return build_agent(config, clock or SystemClock(), fs=HostFS(host.root), kernel=host)
+
+
+def served(instance_id: str, **options: Any) -> MetadataSimulator:
+    return MetadataSimulator(instance=SimulatedInstance(instance_id=instance_id), **options)
+
+
+class TestStopNotice:
+    def test_one_hibernating_stop_after_reclaim(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, busy_host: SimHost
+    ) -> None:
+        notice_hooks = hook(tmp_path, "on-notice")
+        pre_hibernate = hook(tmp_path, "pre-hibernate")
+        with served(instance_id) as imds:
+            agent = make_agent(tmp_path, imds, busy_host)
+            agent.tick()
+            assert agent.facts is not None
+            assert agent.facts.instance_id == instance_id
+            assert agent.estimate is not None
+            big = agent.estimate.expected_bytes
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            for _ in range(5):
+                agent.tick()
+            agent.shutdown()
+        calls = stop_calls(moto_server)
+        assert len(calls) == 1
+        assert calls[0]["InstanceId.1"] == [instance_id]
+        assert calls[0]["Hibernate"] == ["true"]
+        assert agent.last_reclaim is not None
+        assert agent.last_reclaim.reclaimed_bytes > 0
+        assert agent.estimate is not None
+        assert agent.estimate.expected_bytes < big
+        assert "stop" in notice_hooks.read_text()
+        assert pre_hibernate.read_text().split() == ["pre-hibernate", "spot-interruption", "stop"]
+        state = json.loads(Path(agent.parts.state_file.path).read_text())
+        assert state["phase"] == "hibernating"
+
+    def test_no_stop_when_hibernation_is_not_configured(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        graceful = hook(tmp_path, "graceful")
+        with served(instance_id, hibernation_configured=False) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host)
+            imds.set_notice("terminate", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.GRACEFUL, agent)
+            agent.shutdown()
+        assert stop_calls(moto_server) == []
+        assert "not configured" in agent.state.reason
+        assert graceful.read_text().split() == ["graceful", "spot-interruption", "terminate"]
+
+    def test_refused_stop_ends_graceful(
+        self, tmp_path: Path, moto_server: MotoServer, quiet_host: SimHost
+    ) -> None:
+        with served("i-00000000000000000") as imds:  # moto knows no such instance
+            agent = make_agent(tmp_path, imds, quiet_host)
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.GRACEFUL, agent)
+            agent.shutdown()
+        assert "refused" in agent.state.reason
+
+    def test_hibernate_notice_issues_nothing(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        pre_hibernate = hook(tmp_path, "pre-hibernate")
+        with served(instance_id) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host)
+            imds.set_notice("hibernate", in_seconds=0)
+            until(lambda: agent.state.phase is Phase.EC2_HIBERNATING, agent)
+            agent.shutdown()
+        assert stop_calls(moto_server) == []
+        assert "hibernate" in pre_hibernate.read_text()
+
+
+class TestResume:
+    def test_resume_runs_hooks_and_arms_again(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        clock = FakeClock(wall=time.time(), monotonic=time.monotonic())
+        post_resume = hook(tmp_path, "post-resume")
+        with served(instance_id, clock=clock) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host, clock=clock)
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            imds.clear_notice()  # EC2 clears it once the instance is back
+            clock.hibernate(3600)
+            decisions = agent.tick()
+            assert any(isinstance(d, Resumed) for d in decisions)
+            assert agent.state.phase is Phase.ARMED
+            imds.set_notice("stop", in_seconds=120)  # armed again: a second notice counts
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            agent.shutdown()
+        assert len(stop_calls(moto_server)) == 2
+        assert post_resume.read_text().startswith("post-resume")
+
+
+class TestFaults:
+    def test_metadata_outage_is_unhealthy_but_survived(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        with served(instance_id) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host)
+            server = MetricsServer(agent.parts.metrics, agent.healthy, "127.0.0.1", 0).start()
+            health = f"http://127.0.0.1:{server.port}/healthz"
+            try:
+                agent.tick()
+                assert requests.get(health, timeout=2).status_code == 200
+                imds.set_fault("error_503")
+                for _ in range(3):
+                    agent.tick()
+                answer = requests.get(health, timeout=2)
+                assert answer.status_code == 503
+                assert "503" in answer.text or "unavailable" in answer.text.lower()
+                imds.set_fault("garbage", count=4)
+                agent.tick()  # malformed answers are logged, not fatal
+                imds.clear_faults()
+                agent.tick()
+                assert requests.get(health, timeout=2).status_code == 200
+                metrics = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=2).text
+                assert 'spotguard_phase{phase="armed"} 1.0' in metrics
+                imds.set_notice("stop", in_seconds=120)
+                until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            finally:
+                server.stop()
+                agent.shutdown()
+        assert len(stop_calls(moto_server)) == 1
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    got: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        self.got.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_webhook_hears_notice_and_hibernation(
+    tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+) -> None:
+    _Receiver.got = []
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with served(instance_id) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host, agent={"webhook_url": url})
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            agent.shutdown()  # waits for the background sends
+    finally:
+        receiver.shutdown()
+    assert [m["what"] for m in _Receiver.got] == ["notice", "hibernating"]
+    assert _Receiver.got[0]["instance_id"] == instance_id
+    assert _Receiver.got[1]["event"]["action"] == "stop"
+
+
+def test_spotguard_run_daemon(tmp_path: Path, moto_server: MotoServer, instance_id: str) -> None:
+    """`spotguard run` as a process: one StopInstances, a readable status, a clean SIGTERM."""
+    host = SimHost(tmp_path / "host", cgroups={"batch.slice": SimCgroup(GIB // 8, GIB // 8)})
+    with served(instance_id) as imds:
+        env = {
+            **os.environ,
+            "SPOTGUARD_CONFIG": str(tmp_path / "absent.toml"),
+            "SPOTGUARD_IMDS_URL": imds.url,
+            "SPOTGUARD_ROOT": str(host.root),
+            "SPOTGUARD_AGENT_STATE_FILE": str(tmp_path / "state.json"),
+            "SPOTGUARD_AGENT_HOOK_DIR": str(tmp_path / "hooks"),
+            "SPOTGUARD_AGENT_POLL_INTERVAL": "0.2",
+            "SPOTGUARD_RECLAIM_BACKEND": "v2",
+            "SPOTGUARD_HIBERNATE_REGION": "us-east-1",
+        }
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "spotguard", "run"],
+            env=env,
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            imds.set_notice("stop", in_seconds=120)
+            end = time.monotonic() + 30
+            while not stop_calls(moto_server):
+                assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
+                assert time.monotonic() < end, "no StopInstances within 30 s"
+                time.sleep(0.2)
+            time.sleep(1.0)  # more polls of the same notice must not issue again
+            status = subprocess.run(
+                [sys.executable, "-m", "spotguard", "status", "--json"],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            assert json.loads(status.stdout)["phase"] == "hibernating"
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            _, errors = agent.communicate(timeout=15)
+    assert agent.returncode == 0, errors
+    events = [json.loads(line)["event"] for line in errors.splitlines() if line.startswith("{")]
+    assert "notice.received" in events
+    assert "hibernate.issued" in events
+    assert events[-1] == "agent.stopped"
+    assert len(stop_calls(moto_server)) == 1
