@@ -52,6 +52,11 @@ def interruptible(signum: int) -> bool:
     return callable(signal.getsignal(signum))
 
 
+def can_interrupt(signum: int) -> bool:
+    """Writes are, or will be once the engine is built (in the main thread), interruptible."""
+    return interruptible(signum) or threading.current_thread() is threading.main_thread()
+
+
 class BoundedWriter:
     """A FileWriter whose writes end at `time_left()` or when `cancel` is set."""
 

@@ -11,7 +11,7 @@ import structlog
 from spotguard.config import ReclaimConfig
 from spotguard.hostfs import HostFS
 from spotguard.reclaim.cgroup import Cgroup, CgroupError
-from spotguard.reclaim.deadline import DEFAULT_SIGNAL, interruptible
+from spotguard.reclaim.deadline import DEFAULT_SIGNAL, can_interrupt
 from spotguard.reclaim.drop_caches import DROP_CACHES
 from spotguard.reclaim.procfs import ProcFormatError, read_meminfo
 from spotguard.reclaim.v2 import probe_swappiness
@@ -50,7 +50,7 @@ class BackendReport:
             return "; ".join(self.notes) or "no reclaim interface found"
         where = f"{self.hierarchy} at {self.memory_root}" if self.memory_root else "host-wide"
         extras = [
-            "swappiness=" if self.swappiness else "",
+            "page cache first" if self.swappiness else "",
             f"{human_bytes(self.swap_free_bytes)} swap free" if self.swap_free_bytes else "no swap",
             "" if self.interruptible else "writes not interruptible",
         ]
@@ -117,7 +117,7 @@ def detect_backends(
         chosen=chosen,
         swappiness=swappiness,
         swap_free_bytes=swap_free,
-        interruptible=interruptible(signum),
+        interruptible=can_interrupt(signum),
         notes=tuple(notes),
     )
     log.info("reclaim.detected", **report.to_dict())
