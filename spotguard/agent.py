@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,7 +19,7 @@ import structlog
 from spotguard.clock import Clock
 from spotguard.config import Config
 from spotguard.estimator import Estimator, ImageEstimate
-from spotguard.events import Event, EventStore
+from spotguard.events import Event, EventKind, EventStore
 from spotguard.imds import ImdsError
 from spotguard.metrics import Metrics
 from spotguard.monitors import InstanceFacts, Monitor
@@ -134,7 +134,9 @@ class Agent:
         self.state = PlannerState()
         self.store = EventStore()
         self.facts: InstanceFacts | None = None
+        self.host: HostSample | None = None
         self.estimate: ImageEstimate | None = None
+        self.estimate_error = ""
         self.last_reclaim: ReclaimResult | None = None
         self.imds_failures = 0
         self.imds_error = ""
@@ -142,7 +144,10 @@ class Agent:
         self._worker = ReclaimWorker(parts.reclaimer)
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
         self._trigger_result: TriggerResult | None = None
-        self._hibernator: Hibernator | None = None
+        self._hibernator: Future[Hibernator] | None = None
+        self._hibernator_facts: InstanceFacts | None = None
+        self._next_full_look = 0.0
+        self._looked = False
         self._last_tick = parts.clock.monotonic()
 
     # -- the loop -------------------------------------------------------------------------
@@ -187,42 +192,63 @@ class Agent:
     def _observe(self) -> Observation:
         clock = self.parts.clock
         now_mono = clock.monotonic()
-        new_events = self._poll_monitors()
         if self.facts is None:
             self.facts = self._fetch_facts()
-        host = self._safe("signals.failed", lambda: self.parts.host.sample(now_mono))
-        estimate_error = ""
-        try:
-            self.estimate = self.parts.estimator.estimate()
-        except Exception as exc:
-            self.estimate, estimate_error = None, str(exc)
-            log.warning("estimate.failed", error=str(exc))
-        finished = self._worker.take_finished()
+        full = self._looked = self._full_look(now_mono)
+        new_events = self._poll_monitors(full)
+        if full:
+            self.host = self._safe("signals.failed", lambda: self.parts.host.sample(now_mono))
+        finished = self._worker.take_finished()  # before the estimate, which it changes
         if finished is not None:
             self.last_reclaim = finished
             self._log_reclaim_done(finished)
+        if full or new_events or finished:
+            self._estimate()
         trigger_result, self._trigger_result = self._trigger_result, None
         resumed = self.resume_flag.is_set()
         self.resume_flag.clear()
         return Observation(
             wall=clock.wall(),
             monotonic=now_mono,
-            host=host,
+            host=self.host,
             events=self.store.active(),
             new_events=tuple(new_events),
             facts=self.facts,
             estimate=self.estimate,
-            estimate_error=estimate_error,
+            estimate_error=self.estimate_error,
             reclaim_running=self._worker.running,
             reclaim_finished=finished,
             trigger_result=trigger_result,
             resume_signalled=resumed,
         )
 
-    def _poll_monitors(self) -> list[Event]:
+    def _full_look(self, now: float) -> bool:
+        """The spot notice is polled every tick. The rest (early warnings, which come minutes
+        ahead, host signals, the image) only every `slow_poll_interval` while nothing is going
+        on: an agent idling for days should cost next to nothing."""
+        calm = (
+            self.state.phase is Phase.ARMED
+            and self._worker.running is None
+            and not self.store.active()
+        )
+        if calm and now < self._next_full_look:
+            return False
+        self._next_full_look = now + self.config.agent.slow_poll_interval
+        return True
+
+    def _estimate(self) -> None:
+        try:
+            self.estimate, self.estimate_error = self.parts.estimator.estimate(), ""
+        except Exception as exc:
+            self.estimate, self.estimate_error = None, str(exc)
+            log.warning("estimate.failed", error=str(exc))
+
+    def _poll_monitors(self, full: bool) -> list[Event]:
         new: list[Event] = []
         failed = ""
         for monitor in self.parts.monitors:
+            if not full and monitor.kind is not EventKind.SPOT_INTERRUPTION:
+                continue
             try:
                 events = monitor.poll()
             except ImdsError as exc:
@@ -231,6 +257,8 @@ class Agent:
                 continue
             for event in self.store.update(monitor.kind.value, events):
                 new.append(event)
+                if event.kind is EventKind.SPOT_INTERRUPTION:
+                    self._hibernator_ready()
                 self.parts.metrics.events.labels(event.kind.value).inc()
                 log.info(
                     "notice.received",
@@ -318,13 +346,20 @@ class Agent:
         deadline = event.deadline if event is not None else None
         self._background.submit(webhook.send, payload, deadline)
 
+    def _hibernator_ready(self) -> Future[Hibernator]:
+        """Built in the background as soon as a notice comes: boto3 takes a second and 20+ MiB
+        to load, which an agent idling for days should not hold."""
+        if self._hibernator is None or self._hibernator_facts != self.facts:
+            self._hibernator_facts = self.facts  # EC2 needs the instance id and region
+            self._hibernator = self._background.submit(self.parts.hibernator_for, self.facts)
+        return self._hibernator
+
     def _hibernate(self, event: Event, reason: str) -> None:
-        if self._hibernator is None:
-            self._hibernator = self.parts.hibernator_for(self.facts)
+        hibernator = self._hibernator_ready().result()
         estimate = self.estimate
-        result = self._hibernator.hibernate()
+        result = hibernator.hibernate()
         fields = {
-            "mode": self._hibernator.mode,
+            "mode": hibernator.mode,
             "notice": event.id,
             "why_now": reason,
             "image_bytes": estimate.expected_bytes if estimate else None,
@@ -370,7 +405,8 @@ class Agent:
             m.image_expected.set(self.estimate.expected_bytes)
             m.image_floor.set(self.estimate.floor_bytes)
             m.swap_free.set(self.estimate.swap_free_bytes)
-        self._write_state()
+        if self._looked:  # calm: every slow_poll_interval; busy: every tick
+            self._write_state()
         self.parts.systemd.notify("WATCHDOG=1", f"STATUS={self.state.phase.value}")
 
     def _write_state(self) -> None:

@@ -17,7 +17,7 @@ from spotguard.reclaim.engine import StagedReclaimer
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.host import HostSignals
 from spotguard.state import StateFile
-from spotguard.trigger import Hibernator, LocalHibernator, make_hibernator
+from spotguard.trigger import Hibernator, make_hibernator
 
 
 def host_fs(config: Config) -> HostFS:
@@ -37,12 +37,13 @@ class HibernatorFactory:
         self._fs = fs
 
     def __call__(self, facts: InstanceFacts | None) -> Hibernator:
-        mode = self._config.hibernate.mode
-        if mode == "local":
-            return LocalHibernator(self._fs, command=self._config.hibernate.local_command)
-        region = self._config.hibernate.region or (facts.region if facts else "")
+        hibernate = self._config.hibernate
         return make_hibernator(
-            mode, fs=self._fs, region=region, instance_id=facts.instance_id if facts else ""
+            hibernate.mode,
+            fs=self._fs,
+            region=hibernate.region or (facts.region if facts else ""),
+            instance_id=facts.instance_id if facts else "",
+            local_command=hibernate.local_command,
         )
 
 

@@ -50,7 +50,8 @@ class ImdsConfig:
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     root: str = "/"
-    poll_interval: Seconds = Seconds(1.0)
+    poll_interval: Seconds = Seconds(1.0)  # the spot notice: every poll
+    slow_poll_interval: Seconds = Seconds(5.0)  # rebalance, scheduled events, ASG: minutes ahead
     state_file: str = "/var/lib/spotguard/state.json"
     hook_dir: str = "/etc/spotguard/hooks"
     hook_timeout: Seconds = Seconds(10.0)
@@ -64,6 +65,11 @@ class AgentConfig:
     def validate(self) -> None:
         _check(self.root.startswith("/"), "agent.root", "must be an absolute path")
         _check(0.05 <= self.poll_interval <= 60, "agent.poll_interval", "must be 0.05..60 s")
+        _check(
+            self.slow_poll_interval >= self.poll_interval,
+            "agent.slow_poll_interval",
+            "must be >= agent.poll_interval",
+        )
         _check(self.hook_timeout > 0, "agent.hook_timeout", "must be > 0")
         _check(
             self.webhook_url == "" or self.webhook_url.startswith(("http://", "https://")),

@@ -99,6 +99,8 @@ class ImdsClient:
         *,
         backoff_max: float = 1.0,
     ) -> None:
+        """Waits between attempts are random (full jitter) up to backoff_max/4, /2, then
+        backoff_max, slept on `clock`; `session` defaults to one that ignores proxy settings."""
         self._base = config.url.rstrip("/")
         self._config = config
         self._clock = clock or SystemClock()
@@ -187,6 +189,8 @@ class ImdsClient:
         url = f"{self._base}/{path.lstrip('/')}"
         try:
             return self._session.request(method, url, headers=headers, timeout=self._timeout)
+        except requests.ConnectTimeout as exc:  # nothing there: not the hop limit
+            raise ImdsUnavailableError(f"{method} {path}: connect timed out ({exc})") from exc
         except requests.Timeout as exc:
             if method == "PUT":
                 raise ImdsTokenTimeoutError(

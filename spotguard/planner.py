@@ -30,7 +30,6 @@ from spotguard.trigger import TriggerResult
 
 # Scheduled-event codes after which the instance is gone or stopped: worth getting ready for.
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
-TERMINATING_LIFECYCLE = frozenset({"Terminated", "Terminating", "Warmed:Terminated"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
 
 
@@ -195,7 +194,7 @@ def _warning(events: tuple[Event, ...]) -> Event | None:
             return event
         if event.kind is EventKind.SCHEDULED and event.action in STOPPING_CODES:
             return event
-        if event.kind is EventKind.ASG_LIFECYCLE and event.action in TERMINATING_LIFECYCLE:
+        if event.kind is EventKind.ASG_LIFECYCLE:  # the monitor reports terminating states only
             return event
     return None
 
@@ -279,7 +278,8 @@ def _emergency(
         return state, decisions
 
     if obs.reclaim_running is None and not state.emergency_reclaim_done:
-        target = estimate.expected_bytes - small_image_bytes(estimate, config)
+        # The image is min(saveable, image_size): only what leaves `saveable` shrinks it.
+        target = estimate.saveable_bytes - small_image_bytes(estimate, config)
         budget = max(latest_start - obs.wall - config.agent.poll_interval, 0.0)
         request = ReclaimRequest(Intensity.EMERGENCY, budget, target_bytes=max(target, 0))
         decisions.append(StartReclaim(request))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from spotguard.assemble import HibernatorFactory, host_fs
@@ -111,9 +110,10 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _hibernate(args: argparse.Namespace, confirm: Callable[[], bool] | None = None) -> int:
+def _hibernate(args: argparse.Namespace) -> int:
     config: Config = args.config_obj
-    estimate = _estimate(config, checks := [])
+    checks: list[Check] = []
+    estimate = _estimate(config, checks)
     if estimate is None:
         print(f"spotguard: refusing: {checks[0].detail}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ Everything is driven from Python or, for another process, over HTTP under ``/sim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import secrets
 import signal
@@ -350,7 +351,7 @@ class MetadataSimulator:
             answer = _Answer(401, b"Unauthorized")
         else:
             answer = self._read(path)
-        return _Answer(answer.status, answer.body, answer.content_type, answer.headers, delay)
+        return dataclasses.replace(answer, delay=delay)
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         for fault in self._faults:

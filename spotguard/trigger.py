@@ -12,17 +12,14 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import boto3
-import structlog
-from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-from mypy_boto3_ec2 import EC2Client
 
 from spotguard.hostfs import HostFS
 
-log = structlog.get_logger()
+if TYPE_CHECKING:  # the stubs are a dev dependency; boto3 itself loads only when needed
+    from mypy_boto3_ec2 import EC2Client
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +54,10 @@ def ec2_client(
     Standard retry mode retries throttling, 5xx and connection errors with jittered backoff;
     `attempts` counts the first try too. The timeouts keep every try well inside a notice.
     """
+    # 20+ MiB resident: paid at the first notice, not for days of idling.
+    import boto3  # noqa: PLC0415
+    from botocore.config import Config as BotoConfig  # noqa: PLC0415
+
     config = BotoConfig(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
@@ -95,12 +96,10 @@ class Ec2Hibernator:
         self._instance_id = instance_id
 
     def hibernate(self) -> TriggerResult:
-        result = self._stop(dry_run=False)
-        return _logged(self.mode, "hibernate", result, instance_id=self._instance_id)
+        return self._stop(dry_run=False)
 
     def preflight(self) -> TriggerResult:
-        result = self._stop(dry_run=True)
-        return _logged(self.mode, "preflight", result, instance_id=self._instance_id)
+        return self._stop(dry_run=True)
 
     def _stop(self, *, dry_run: bool) -> TriggerResult:
         try:
@@ -147,7 +146,7 @@ class LocalHibernator:
         self._timeout_s = timeout_s
 
     def hibernate(self) -> TriggerResult:
-        return _logged(self.mode, "hibernate", self._run(), command=self._command)
+        return self._run()
 
     def _run(self) -> TriggerResult:
         try:
@@ -180,7 +179,7 @@ class LocalHibernator:
         return TriggerResult(issued=True, reason=f"{' '.join(self._command)} accepted")
 
     def preflight(self) -> TriggerResult:
-        return _logged(self.mode, "preflight", self._check())
+        return self._check()
 
     def _check(self) -> TriggerResult:
         states = self._read("/sys/power/state")
@@ -206,19 +205,18 @@ class LocalHibernator:
 
 
 class DryRunHibernator:
-    """Mode none: everything up to the trigger runs, the trigger itself does nothing."""
+    """Mode none: everything up to the trigger runs, the trigger itself does nothing.
+
+    It counts as issued, so a dry run walks the same path as the real thing afterwards.
+    """
 
     mode = "none"
 
     def hibernate(self) -> TriggerResult:
-        result = TriggerResult(
-            issued=False, reason="hibernate.mode is none: nothing issued", error_code="DryRun"
-        )
-        return _logged(self.mode, "hibernate", result)
+        return TriggerResult(issued=True, reason="dry run (hibernate.mode = none): nothing issued")
 
     def preflight(self) -> TriggerResult:
-        result = TriggerResult(issued=True, reason="hibernate.mode is none: nothing will be issued")
-        return _logged(self.mode, "preflight", result)
+        return TriggerResult(issued=True, reason="hibernate.mode is none: nothing will be issued")
 
 
 class RefusingHibernator:
@@ -229,10 +227,10 @@ class RefusingHibernator:
         self._result = TriggerResult(issued=False, reason=reason, error_code=error_code)
 
     def hibernate(self) -> TriggerResult:
-        return _logged(self.mode, "hibernate", self._result)
+        return self._result
 
     def preflight(self) -> TriggerResult:
-        return _logged(self.mode, "preflight", self._result)
+        return self._result
 
 
 def make_hibernator(
@@ -242,6 +240,7 @@ def make_hibernator(
     region: str,
     instance_id: str,
     client: EC2Client | None = None,
+    local_command: Sequence[str] = ("systemctl", "hibernate"),
 ) -> Hibernator:
     """The hibernator for `hibernate.mode` (ec2 | local | none); never fails for want of facts."""
     if mode == "ec2":
@@ -250,23 +249,7 @@ def make_hibernator(
         except BotoCoreError as exc:  # e.g. no region: the metadata service has not said yet
             return RefusingHibernator(mode, f"no EC2 client: {exc}", type(exc).__name__)
     if mode == "local":
-        return LocalHibernator(fs)
+        return LocalHibernator(fs, local_command)
     if mode == "none":
         return DryRunHibernator()
     raise ValueError(f"unknown hibernate mode {mode!r} (ec2 | local | none)")
-
-
-def _logged(mode: str, step: str, result: TriggerResult, **fields: Any) -> TriggerResult:
-    if step == "preflight":
-        log.info("hibernate.preflight", mode=mode, ok=result.issued, reason=result.reason, **fields)
-    elif result.issued:
-        log.warning("hibernate.issued", mode=mode, reason=result.reason, **fields)
-    else:
-        log.error(
-            "hibernate.refused",
-            mode=mode,
-            reason=result.reason,
-            error_code=result.error_code,
-            **fields,
-        )
-    return result

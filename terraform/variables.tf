@@ -170,13 +170,13 @@ variable "user_data_template" {
 }
 
 variable "spotguard_package" {
-  description = "What cloud-init installs with pip: a package spec, a wheel URL or a path on the image."
+  description = "What cloud-init's spotguard-install puts in place: a pip spec (options allowed: \"--index-url URL spotguard==0.1.0\"), a wheel URL or file, or a directory of wheels on the image."
   type        = string
   default     = "spotguard"
 
   validation {
-    condition     = can(regex("^[^\\s'\"]+$", var.spotguard_package))
-    error_message = "spotguard_package must be one word without quotes or spaces."
+    condition     = can(regex("^\\S[^\\r\\n]*$", var.spotguard_package))
+    error_message = "spotguard_package must be one non-empty line."
   }
 }
 

@@ -37,6 +37,7 @@ __all__ = [
     "Line",
     "Machine",
     "build_base",
+    "nocloud_seed",
 ]
 
 DISK_BPS = 100 << 20
@@ -232,7 +233,7 @@ class Guest:
         disks: Disks,
         folder: Path,
         *,
-        machine: Machine = Machine(),  # noqa: B008 - frozen, so sharing the default is safe
+        machine: Machine = Machine(),
         cmdline: Sequence[str] = (),
         network: ImdsNetwork | None = None,
         identity: Ec2Identity | None = None,
@@ -272,7 +273,7 @@ class Guest:
             process = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors
             )
-        assert process.stdout is not None  # noqa: S101 - Popen with stdout=PIPE
+        assert process.stdout is not None
         guest = cls(process, console, qmp)
         console.follow(process.stdout)
         return guest
@@ -311,6 +312,29 @@ class Guest:
 
     def __exit__(self, *_exc: object) -> None:
         self.quit()
+
+
+def nocloud_seed(folder: Path, user_data: bytes, meta_data: str) -> Path:
+    """A NoCloud ``cidata`` ISO for `Disks.create(extra=...)`: the other way, besides
+    `Ec2Identity`, to hand cloud-init its data."""
+    content = folder / "seed"
+    content.mkdir(parents=True, exist_ok=True)
+    (content / "user-data").write_bytes(user_data)
+    (content / "meta-data").write_text(meta_data)
+    seed = folder / "seed.iso"
+    _tool(
+        "genisoimage",
+        "-quiet",
+        "-output",
+        str(seed),
+        "-volid",
+        "cidata",
+        "-joliet",
+        "-rock",
+        str(content / "user-data"),
+        str(content / "meta-data"),
+    )
+    return seed
 
 
 def _qmp(path: Path, command: str) -> None:

@@ -1,14 +1,16 @@
 """Build the Debian guest disk, cached in two layers so a code change costs seconds, not minutes.
 
 Layer 1, the OS: ``debootstrap`` into a folder, keyed by suite, mirror, package list and
-BUILDER_VERSION. Layer 2, thin: spotguard's wheelhouse (``/opt/wheels``), a venv with spotguard
-installed (``/opt/spotguard``, ``/usr/local/bin/spotguard``) and the in-guest testbed programs
-(``/opt/testbed``), keyed by the hashes of their sources. ``mkfs.ext4 -d`` turns the result
-into a raw disk without loop devices or mounts.
+BUILDER_VERSION. Layer 2, thin: the guest's configuration, spotguard's wheelhouse
+(``/opt/wheels``), a venv with spotguard installed (``/opt/spotguard``,
+``/usr/local/bin/spotguard``) and the in-guest testbed programs (``/opt/testbed``), keyed by
+the hashes of their sources and of this builder. ``mkfs.ext4 -d`` turns the result into a raw
+disk without loop devices or mounts.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
@@ -44,6 +46,7 @@ PACKAGES = (
 ROOT_SIZE = "6G"  # sparse; leaves room for the workload's page-cache file at 8 GB
 REPO = Path(__file__).resolve().parents[1]
 INGUEST = Path(__file__).resolve().parent / "inguest"
+CACHE_DIR = Path(__file__).resolve().parent / ".cache"  # git-ignored
 # Units that only slow a TCG boot down or talk to the console we read.
 MASKED_UNITS = (
     "serial-getty@ttyS0.service",
@@ -58,7 +61,7 @@ MASKED_UNITS = (
 )
 FSTAB = """\
 /dev/vda / ext4 rw,relatime,errors=remount-ro 0 1
-/dev/vdb none swap sw,nofail,x-systemd.device-timeout=5s 0 0
+/dev/vdb none swap sw,nofail,x-systemd.device-timeout=90s 0 0
 """
 # Only for testbed runs (the cloud-init test leaves networking to cloud-init): the address
 # the simulator is reached at, 169.254.169.254, is on-link in QEMU's 169.254.0.0/16 net.
@@ -95,13 +98,22 @@ def build_base(
     mirror: str = MIRROR,
     packages: Iterable[str] = PACKAGES,
 ) -> BaseImage:
-    """The guest image for the current spotguard checkout `source`, built only when stale."""
+    """The guest image for the current spotguard checkout `source`, built only when stale.
+
+    Safe to call from several processes at once: they take turns on a lock in `cache_dir`.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    packages = tuple(packages)
+    with (cache_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(cache_dir, source, mirror, tuple(packages))
+
+
+def _build(cache_dir: Path, source: Path, mirror: str, packages: tuple[str, ...]) -> BaseImage:
     os_key = _digest(json.dumps([BUILDER_VERSION, SUITE, mirror, sorted(packages)]).encode())
     rootfs = _os_layer(cache_dir, os_key, mirror, packages)
     spotguard_key = _tree_digest(source, ["pyproject.toml", "spotguard/**/*.py"])
-    key = _digest(f"{os_key}:{spotguard_key}:{_tree_digest(INGUEST, ['**/*'])}".encode())
+    layer_key = _tree_digest(INGUEST.parent, ["image.py", "inguest/**/*"])
+    key = _digest(f"{os_key}:{spotguard_key}:{layer_key}".encode())
     image = BaseImage(
         root=cache_dir / f"root-{key}.raw",
         kernel=cache_dir / f"vmlinuz-{key}",
@@ -111,7 +123,8 @@ def build_base(
     if image.root.exists():
         return image
     wheels = _wheelhouse(cache_dir, spotguard_key, source)
-    _prune(cache_dir, "root-*.raw", "vmlinuz-*", "initrd-*")
+    # The previous image stays: a run in progress boots it again to resume.
+    _prune(cache_dir, "root-*.raw", "vmlinuz-*", "initrd-*", keep=1)
     work = cache_dir / "layer.tmp"
     shutil.rmtree(work, ignore_errors=True)
     log.info("image.layer", key=key)
@@ -148,7 +161,6 @@ def _os_layer(cache_dir: Path, key: str, mirror: str, packages: tuple[str, ...])
             mirror,
         ]
     )
-    _configure_os(partial)
     partial.rename(rootfs)
     return rootfs
 
@@ -184,6 +196,7 @@ def _wheelhouse(cache_dir: Path, key: str, source: Path) -> Path:
 
 
 def _thin_layer(rootfs: Path, wheels: Path) -> None:
+    _configure_os(rootfs)
     shutil.copytree(wheels, rootfs / "opt/wheels")
     _run(["chroot", str(rootfs), "python3", "-m", "venv", "/opt/spotguard"])
     pip = ["/opt/spotguard/bin/pip", "install", "-q", "--no-index", "--find-links", "/opt/wheels"]
@@ -222,10 +235,12 @@ def _only(folder: Path, pattern: str) -> Path:
     return found[0]
 
 
-def _prune(cache_dir: Path, *patterns: str) -> None:
-    """Old layers go: the cache must stay well under the 10 GB scratch budget."""
+def _prune(cache_dir: Path, *patterns: str, keep: int = 0) -> None:
+    """Old layers go, all but the newest `keep`: the cache must stay well under the 10 GB
+    scratch budget."""
     for pattern in patterns:
-        for old in cache_dir.glob(pattern):
+        found = sorted(cache_dir.glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in found[keep:]:
             if old.is_dir():
                 shutil.rmtree(old)
             else:

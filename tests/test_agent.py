@@ -321,7 +321,8 @@ def test_spotguard_run_daemon(tmp_path: Path, moto_server: MotoServer, instance_
                 text=True,
                 check=True,
             )
-            assert json.loads(status.stdout)["phase"] == "hibernating"
+            state = json.loads(status.stdout)
+            assert state["phase"] == "hibernating", state["reason"]
         finally:
             agent.send_signal(signal.SIGTERM)
             _, errors = agent.communicate(timeout=15)

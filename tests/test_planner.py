@@ -164,6 +164,12 @@ class TestWarnings:
         state, _ = plan(PlannerState(), obs(0, events=(event,)), config())
         assert state.phase is Phase.PREPARING
 
+    def test_asg_termination_is_a_warning(self) -> None:
+        event = Event(EventKind.ASG_LIFECYCLE, "asg:Terminated", "terminate")
+        state, decisions = plan(PlannerState(), obs(0, events=(event,)), config())
+        assert state.phase is Phase.PREPARING
+        assert any(isinstance(d, StartReclaim) for d in decisions)
+
     def test_scheduled_reboot_is_not(self) -> None:
         event = Event(EventKind.SCHEDULED, "evt-1", "system-reboot", WALL + 86400)
         state, _ = plan(PlannerState(), obs(0, events=(event,)), config())
@@ -199,7 +205,7 @@ class TestStopNotice:
         assert start.request.intensity is Intensity.EMERGENCY
         # latest start = 120 - 20 - (30.72 + 10) = 59.3 s; minus one poll interval
         assert start.request.budget_s == pytest.approx(58.3, abs=0.1)
-        assert start.request.target_bytes == 3 * GIB - small_image_bytes(big, cfg)
+        assert start.request.target_bytes == 7 * GIB - small_image_bytes(big, cfg)
 
     def test_hibernates_once_reclaim_made_the_image_small(self) -> None:
         cfg = config()

@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from spotguard.clock import FakeClock
-from spotguard.imds import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, format_rfc3339
+from spotguard.imds import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, ImdsClient, format_rfc3339
 from spotguard.simulator import MetadataSimulator, SimulatedInstance, scheduled_event
+from tests.fixtures_imds import fast_config
 
 TIMEOUT = 2.0
 META = "/latest/meta-data"
@@ -281,22 +282,16 @@ def test_module_entry_point_serves_until_sigterm(tmp_path: Path) -> None:
         *("--port", "0", "--instance-id", "i-cli", "--region", "ap-south-1"),
         *("--user-data", str(user_data), "--hibernation-configured", "false"),
     ]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "spotguard.simulator", *args], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        tok = requests.put(url + TOKEN_PATH, headers={TTL_HEADER: "60"}, timeout=TIMEOUT).text
-        headers = {TOKEN_HEADER: tok}
-        ident = requests.get(url + f"{META}/instance-id", headers=headers, timeout=TIMEOUT)
-        assert ident.text == "i-cli"
-        region = requests.get(url + f"{META}/placement/region", headers=headers, timeout=TIMEOUT)
-        assert region.text == "ap-south-1"
-        hib = requests.get(url + f"{META}/hibernation/configured", headers=headers, timeout=TIMEOUT)
-        assert hib.text == "false"
-        data = requests.get(url + "/latest/user-data", headers=headers, timeout=TIMEOUT)
-        assert data.content == b"#cloud-config\n"
-    finally:
-        process.terminate()
+    command = [sys.executable, "-m", "spotguard.simulator", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().strip()
+            client = ImdsClient(fast_config(url), clock=FakeClock())
+            assert client.get_text(f"{META}/instance-id") == "i-cli"
+            assert client.get_text(f"{META}/placement/region") == "ap-south-1"
+            assert client.get_text(f"{META}/hibernation/configured") == "false"
+            assert client.get_bytes("/latest/user-data") == b"#cloud-config\n"
+        finally:
+            process.terminate()
         assert process.wait(timeout=30) == 0

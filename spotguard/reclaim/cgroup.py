@@ -17,6 +17,7 @@ from spotguard.hostfs import HostFS
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.psi import PsiFile
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
 _VANISHED = (errno.ENOENT, errno.ENODEV, errno.ESTALE)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -78,14 +79,13 @@ class BoundedWriter:
             raise WriteInterrupted("cancelled")
         if seconds <= 0:
             raise WriteInterrupted(reason)
+        ends = time.monotonic() + seconds  # real time: this bounds a real syscall
         call = _Call(self._inner, path, data)
-        waited = 0.0
-        while not call.done.wait(min(_POLL_S, max(seconds - waited, 0.0))):
-            waited += _POLL_S
+        while not call.done.wait(min(_POLL_S, max(ends - time.monotonic(), 0.0))):
             if self._cancel.is_set():
                 call.interrupt("cancelled", self._signum)
                 return
-            if waited >= seconds:
+            if time.monotonic() >= ends:
                 call.interrupt(reason, self._signum)
                 return
         call.result()

@@ -13,7 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from spotguard.hostfs import HostFS
 from spotguard.reclaim.backend import Phase, StepOutcome
 from spotguard.reclaim.cgroup import Usage
-from spotguard.reclaim.procfs import read_meminfo
+from spotguard.reclaim.procfs import ProcFormatError, read_meminfo
 from spotguard.reclaim.writer import FileWriter
 
 DROP_CACHES = "/proc/sys/vm/drop_caches"
@@ -31,11 +31,14 @@ class HostMemory:
 
     def usage(self) -> Usage:
         info = read_meminfo(self._fs)
-        return Usage(
-            total=info["MemTotal"] - info["MemFree"],
-            file=info["Active(file)"] + info["Inactive(file)"],
-            anon=info["Active(anon)"] + info["Inactive(anon)"],
-        )
+        try:
+            return Usage(
+                total=info["MemTotal"] - info["MemFree"],
+                file=info["Active(file)"] + info["Inactive(file)"],
+                anon=info["Active(anon)"] + info["Inactive(anon)"],
+            )
+        except KeyError as exc:
+            raise ProcFormatError(f"/proc/meminfo lacks {exc.args[0]}") from None
 
     def pressure(self) -> float | None:
         return None  # the engine reads host pressure for every stage anyway

@@ -21,6 +21,7 @@ from spotguard.hostfs import HostFS
 from spotguard.reclaim.api import Intensity, ProgressFn, ReclaimRequest, ReclaimResult, StageResult
 from spotguard.reclaim.backend import Backend, Phase, StepOutcome, T_contra
 from spotguard.reclaim.cgroup import (
+    PAGE,
     Cgroup,
     CgroupError,
     CgroupPathError,
@@ -39,7 +40,7 @@ from spotguard.reclaim.journal import LimitJournal
 from spotguard.reclaim.plan import plan
 from spotguard.reclaim.procfs import ProcFormatError, read_meminfo, read_vmstat
 from spotguard.reclaim.swap_reclaim import SwapReclaimBackend
-from spotguard.reclaim.v1 import V1LimitBackend, restore_journal
+from spotguard.reclaim.v1 import ForceEmptyBackend, V1LimitBackend, restore_journal
 from spotguard.reclaim.v2 import V2Backend
 from spotguard.reclaim.writer import FileWriter, LibcWriter
 from spotguard.signals.psi import HostPressure
@@ -47,7 +48,6 @@ from spotguard.signals.psi import HostPressure
 log = structlog.get_logger()
 
 MIN_STEP = 16 << 20  # below this, per-step overhead dominates; above config.step, latency does
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class StagedReclaimer:
@@ -126,10 +126,10 @@ class StagedReclaimer:
             if request.intensity is Intensity.LIGHT:  # global: it would hit protected cgroups
                 return (), "no-targets"
             stage = run.stage(HostMemory(self._fs, writer), DropCachesBackend(self._sync))
-            return (stage,), run.stop_reason() or "complete"
+            return (stage,), run.limit_reached() or "complete"
         if chosen is None or root is None:
             return (), "unavailable"
-        backend = self._cgroup_backend(chosen)
+        backend = self._cgroup_backend(chosen, request)
         names = plan(
             lambda name: self._children(root, name),
             lambda name: self._exists(root, name),
@@ -141,16 +141,23 @@ class StagedReclaimer:
             return (), "no-targets"
         stages: list[StageResult] = []
         for name in names:
-            if run.stop_reason():
-                break
-            stages.append(run.stage(Cgroup.under(self._fs, root, name, writer), backend))
-        return tuple(stages), run.stop_reason() or "complete"
+            if reason := run.stop_reason():
+                return tuple(stages), reason
+            try:
+                cgroup = Cgroup.under(self._fs, root, name, writer)
+            except CgroupPathError as exc:  # changed since we planned: a symlink now
+                log.error("reclaim.cgroup_refused", cgroup=name, error=str(exc))
+                continue
+            stages.append(run.stage(cgroup, backend))
+        return tuple(stages), run.limit_reached() or "complete"
 
-    def _cgroup_backend(self, chosen: str) -> Backend[Cgroup]:
+    def _cgroup_backend(self, chosen: str, request: ReclaimRequest) -> Backend[Cgroup]:
         if chosen == "v2":
             return V2Backend(self.report.swappiness)
         if chosen == "swap.reclaim":
             return SwapReclaimBackend()
+        if request.intensity is Intensity.EMERGENCY and request.target_bytes is None:
+            return ForceEmptyBackend()  # all of it, fastest; responsiveness no longer matters
         return V1LimitBackend(self._journal, self._writer)
 
     def _children(self, root: str, name: str) -> list[str]:
@@ -187,6 +194,7 @@ class _Tally:
 
     cgroup: str
     backend: str
+    started: float
     reclaimed: int = 0
     file: int = 0
     anon: int = 0
@@ -200,7 +208,7 @@ class _Tally:
         self.steps += 1
         return gained
 
-    def result(self, reason: str, duration_s: float) -> StageResult:
+    def result(self, reason: str, now: float) -> StageResult:
         return StageResult(
             cgroup=self.cgroup,
             backend=self.backend,
@@ -209,7 +217,7 @@ class _Tally:
             anon_bytes=self.anon,
             steps=self.steps,
             stop_reason=reason,
-            duration_s=duration_s,
+            duration_s=now - self.started,
         )
 
 
@@ -247,21 +255,26 @@ class _Run:
             return budget, "budget"
         return self.config.write_timeout, "timeout"
 
-    def stop_reason(self) -> str | None:
+    def limit_reached(self) -> str | None:
         if self.cancel.is_set():
             return "cancelled"
         if self.clock.monotonic() >= self.deadline:
             return "budget"
         if self.remaining is not None and self.remaining <= 0:
             return "target"
+        return None
+
+    def stop_reason(self) -> str | None:
+        """Why the run must stop before its next step, if it must."""
+        if reason := self.limit_reached():
+            return reason
         host = self.pressure.read()
         if any(v is not None and v > self.threshold for v in (host.memory_some, host.io_some)):
             return "pressure"
         return None
 
     def stage(self, target: T_contra, backend: Backend[T_contra]) -> StageResult:
-        started = self.clock.monotonic()
-        tally = _Tally(target.name, backend.name)
+        tally = _Tally(target.name, backend.name, self.clock.monotonic())
         try:
             with backend.stage(target):
                 reason = self._steps(target, backend, tally)
@@ -270,7 +283,7 @@ class _Run:
         except (CgroupError, ProcFormatError, OSError) as exc:
             log.error("reclaim.stage_failed", cgroup=target.name, error=str(exc))
             reason = "error"
-        result = tally.result(reason, self.clock.monotonic() - started)
+        result = tally.result(reason, self.clock.monotonic())
         log.info("reclaim.stage", **result.to_dict())
         return result
 

@@ -30,7 +30,7 @@ def plan(
     emergency = intensity is Intensity.EMERGENCY
 
     def expand(name: str, avoid: set[str]) -> list[str]:
-        if name in avoid or not exists(name):
+        if any(name == a or name.startswith(a + "/") for a in avoid) or not exists(name):
             return []
         if not any(a.startswith(name + "/") for a in avoid):
             return [name]

@@ -16,13 +16,11 @@ import structlog
 
 from spotguard.hostfs import HostFS
 from spotguard.reclaim.backend import Phase, StepOutcome
-from spotguard.reclaim.cgroup import Cgroup, CgroupError, CgroupPathError, CgroupVanished
+from spotguard.reclaim.cgroup import PAGE, Cgroup, CgroupError, CgroupPathError, CgroupVanished
 from spotguard.reclaim.journal import LimitJournal
 from spotguard.reclaim.writer import FileWriter
 
 log = structlog.get_logger()
-
-_PAGE = 4096
 
 
 def restore_limit(cgroup: Cgroup, limit: int, writer: FileWriter) -> None:
@@ -51,7 +49,7 @@ class V1LimitBackend:
 
     def step(self, target: Cgroup, nbytes: int, phase: Phase) -> StepOutcome:
         original = target.limit()
-        lowered = max(target.current() - nbytes, _PAGE)
+        lowered = max(target.current() - nbytes, PAGE)
         try:
             target.set_limit(lowered)
         except OSError as exc:
@@ -85,12 +83,13 @@ def restore_journal(journal: LimitJournal, fs: HostFS, root: str, writer: FileWr
     """Put back the limits a previous run left lowered (only cgroups under `root`)."""
     for path, limit in journal.pending().items():
         try:
-            restore_limit(Cgroup.under(fs, root, path, writer), limit, writer)
+            cgroup = Cgroup.under(fs, root, path, writer)
+            if cgroup.exists():
+                restore_limit(cgroup, limit, writer)
+                log.info("reclaim.limit_restored", cgroup=path, limit=limit)
         except CgroupPathError:
             log.error("reclaim.journal_outside_root", cgroup=path, root=root)
         except (OSError, CgroupError) as exc:
             log.error("reclaim.limit_restore_failed", cgroup=path, limit=limit, error=str(exc))
             continue
-        else:
-            log.info("reclaim.limit_restored", cgroup=path, limit=limit)
         journal.forget(path)

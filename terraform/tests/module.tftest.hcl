@@ -106,6 +106,24 @@ run "user_data_gets_the_agreed_template_variables" {
   }
 }
 
+run "renders_the_repository_cloud_init" {
+  command = plan
+
+  variables {
+    user_data_template = null # the module's default: cloud-init/user-data.yaml
+    spotguard_package  = "--index-url https://pypi.example.invalid/simple spotguard==0.1.0"
+  }
+
+  assert {
+    condition = alltrue([for line in [
+      "#cloud-config",
+      "\"--index-url https://pypi.example.invalid/simple spotguard==0.1.0\"",
+      "\"8192\"",
+    ] : strcontains(base64decode(aws_launch_template.fleet.user_data), line)])
+    error_message = "cloud-init/user-data.yaml must render with the module's template variables."
+  }
+}
+
 run "fleet_launches_every_instance_from_the_template" {
   command = apply
 
@@ -334,7 +352,7 @@ run "rejects_bad_inputs" {
     instance_count     = 0
     hibernate_mode     = "suspend"
     egress_cidr_blocks = ["not-a-cidr"]
-    spotguard_package  = "spotguard; rm -rf /"
+    spotguard_package  = "spotguard\n--index-url http://elsewhere"
   }
 
   expect_failures = [

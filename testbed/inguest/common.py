@@ -55,6 +55,16 @@ def signal_program(name: str, signum: int) -> None:
         say("signal-missed", program=name)
 
 
+def write_sysfs(path: Path, text: str) -> None:
+    """One unbuffered write, so a failing kernel knob (ENOMEM from /sys/power/state) is one
+    attempt that raises, not a retry when Python flushes its buffer again at close."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in bytes."""
     values = {}
@@ -67,7 +77,7 @@ def meminfo() -> dict[str, int]:
 
 def main() -> None:
     """``python3 -m testbed.inguest.common EVENT``: a marker from a unit file."""
-    import sys  # noqa: PLC0415 - only the command-line entry needs it
+    import sys
 
     say(sys.argv[1], **params())
 

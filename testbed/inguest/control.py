@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 
 from testbed.inguest import hibernate_now
-from testbed.inguest.common import CGROUP_ROOT, LOAD_CGROUP, RUN_DIR, params, recall, say
+from testbed.inguest.common import (
+    CGROUP_ROOT,
+    LOAD_CGROUP,
+    RUN_DIR,
+    params,
+    recall,
+    say,
+    write_sysfs,
+)
 
 AGENT_UNIT = "testbed-agent.service"
 
@@ -37,7 +45,7 @@ def reclaim_once() -> None:
     start = time.monotonic()
     status = 0
     try:
-        (cgroup / "memory.reclaim").write_text(str(before))
+        write_sysfs(cgroup / "memory.reclaim", str(before))
     except OSError as exc:  # EAGAIN: less than asked was reclaimed, the usual outcome
         status = exc.errno or errno.EIO
     after = int((cgroup / "memory.current").read_text())
@@ -49,7 +57,7 @@ def main() -> int:
     arm = knobs.get("arm", "")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     if knobs.get("image_size") == "0":
-        Path("/sys/power/image_size").write_text("0")
+        write_sysfs(Path("/sys/power/image_size"), "0")
     if arm == "spotguard":
         start_agent(knobs)
     wait_loaded()

@@ -12,28 +12,40 @@ import sys
 import time
 from pathlib import Path
 
-from testbed.inguest.common import meminfo, params, record, say, signal_program
+from testbed.inguest.common import (
+    meminfo,
+    params,
+    record,
+    say,
+    signal_program,
+    write_sysfs,
+)
 
 POWER = Path("/sys/power")
+# What the kernel can shrink at hibernation; the rest of the saveable pages is its floor.
+SHRINKABLE = ("SReclaimable", "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)")
 
 
 def main() -> int:
     if "arm" not in params():
         print("hibernate-now: not a testbed guest (no testbed.arm= on the kernel command line)")
         return 2
-    (POWER / "disk").write_text("shutdown")
+    write_sysfs(POWER / "disk", "shutdown")
     record("trigger", f"{time.monotonic():.3f}")
     signal_program("monitor", signal.SIGUSR1)
     mem = meminfo()
+    saveable = mem["MemTotal"] - mem["MemFree"]
+    shrinkable = sum(mem[k] for k in SHRINKABLE)
     say(
         "trigger",
         image_size=(POWER / "image_size").read_text().strip(),
-        saveable=mem["MemTotal"] - mem["MemFree"],
+        saveable=saveable,
+        floor=saveable - shrinkable,
         swap_used=mem["SwapTotal"] - mem["SwapFree"],
     )
     status = 0
     try:
-        (POWER / "state").write_text("disk")
+        write_sysfs(POWER / "state", "disk")
     except OSError as exc:
         say("hibernate-failed", errno=exc.errno)
         status = 1

@@ -13,7 +13,7 @@ import time
 from array import array
 from types import FrameType
 
-from testbed.inguest.common import CGROUP_ROOT, LOAD_CGROUP, meminfo, record, recall, say
+from testbed.inguest.common import CGROUP_ROOT, LOAD_CGROUP, meminfo, recall, record, say
 
 INTERVAL = 0.01
 REPORT_EVERY = 1.0

@@ -20,10 +20,13 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
-from mypy_boto3_ec2 import EC2Client
-from mypy_boto3_ec2.type_defs import InstanceTypeDef, ResponseLaunchTemplateDataTypeDef
+
+if TYPE_CHECKING:  # type stubs only: running the check needs nothing but boto3
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import InstanceTypeDef, ResponseLaunchTemplateDataTypeDef
 
 MIB_PER_GIB = 1024
 INTERRUPTION_BEHAVIORS = ("hibernate", "stop")
@@ -68,12 +71,17 @@ def template_problems(data: ResponseLaunchTemplateDataTypeDef, memory_mib: int) 
     if not ebs.get("Encrypted"):
         problems.append(f"template: the root volume is not encrypted: {mappings}")
     if ebs.get("VolumeSize", 0) * MIB_PER_GIB <= memory_mib:
-        problems.append(f"template: a {ebs.get('VolumeSize')} GiB root cannot hold {memory_mib} MiB")
+        problems.append(
+            f"template: a {ebs.get('VolumeSize')} GiB root cannot hold {memory_mib} MiB"
+        )
     return problems
 
 
 def instance_problems(
-    ec2: EC2Client, instance: InstanceTypeDef, fleet: Fleet, template: ResponseLaunchTemplateDataTypeDef
+    ec2: EC2Client,
+    instance: InstanceTypeDef,
+    fleet: Fleet,
+    template: ResponseLaunchTemplateDataTypeDef,
 ) -> list[str]:
     """What moto keeps too: state, template tag, and the template's root volume."""
     name = instance["InstanceId"]
@@ -127,9 +135,12 @@ def check(ec2: EC2Client, fleet: Fleet, count: int, *, local_endpoint: bool) -> 
         template = ec2.describe_launch_template_versions(
             LaunchTemplateId=fleet.launch_template_id, Versions=[version]
         )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
-        instance_type = template.get("InstanceType", "")
-        types = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
-        problems += template_problems(template, types[0].get("MemoryInfo", {}).get("SizeInMiB", 0))
+        if "InstanceType" not in template:
+            problems.append(f"template version {version}: no instance type")
+            continue
+        types = ec2.describe_instance_types(InstanceTypes=[template["InstanceType"]])
+        memory_mib = types["InstanceTypes"][0].get("MemoryInfo", {}).get("SizeInMiB", 0)
+        problems += template_problems(template, memory_mib)
         for instance in (i for i in instances if _template_version(i) == version):
             problems += instance_problems(ec2, instance, fleet, template)
             if not local_endpoint:

@@ -1,0 +1,265 @@
+"""Re-measure the RFC's hibernation table in the guest: ``python -m testbed.run``.
+
+Each arm run boots the guest twice on fresh disks. Boot 1 runs the workload, idles, prepares
+the arm's way and hibernates (QEMU exits once the image is written); boot 2 resumes from the
+swap disk and re-touches the working set. ``--help`` lists the knobs; results go to
+``--out`` (text table, JSON, a PNG of one spotguard run), console logs to ``--out/tmp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import structlog
+
+from spotguard.simulator import MetadataSimulator
+from testbed import report
+from testbed.guest import BaseImage, Disks, Guest, GuestError, ImdsNetwork, Machine
+from testbed.image import CACHE_DIR, build_base
+from testbed.measure import MeasureError, Measurement, Observed, event_times, measure
+from testbed.measure import memory_series
+
+log = structlog.get_logger()
+
+ARMS = ("vanilla", "oneshot", "spotguard")
+IMAGE_SIZES = ("default", "0")
+BOOT_TIMEOUT = 900.0  # TCG on a busy 2-core host is slow
+SWAP_SLACK = 512 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """One benchmark invocation: which arms, how big, how long to idle."""
+
+    arms: tuple[str, ...] = ARMS
+    image_sizes: tuple[str, ...] = ("default",)
+    runs: int = 1
+    machine: Machine = Machine()
+    idle_s: float = 60.0
+    agent_idle_s: float = 30.0  # the agent's idle.duration, and when one-shot reclaims
+    notice_s: float = 120.0  # the spot notice's lead time
+    anon_percent: float = 60.0
+    cache_percent: float = 25.0
+
+    @property
+    def swap_bytes(self) -> int:
+        """Room for everything the workload may swap out plus the image itself."""
+        return 2 * (self.machine.memory_mib << 20) + SWAP_SLACK
+
+    def cmdline(self, arm: str, image_size: str) -> list[str]:
+        knobs = {
+            "arm": arm,
+            "idle": f"{self.idle_s:g}",
+            "oneshot_after": f"{self.agent_idle_s:g}",
+            "agent_idle": f"{self.agent_idle_s:g}s",
+            "anon": f"{self.anon_percent:g}",
+            "cache": f"{self.cache_percent:g}",
+            "image_size": image_size,
+        }
+        return ["cloud-init=disabled", *(f"testbed.{k}={v}" for k, v in knobs.items())]
+
+
+@dataclass(frozen=True, slots=True)
+class ArmRun:
+    observed: Observed
+    measurement: Measurement | None
+    error: str = ""
+
+
+def run_arm(image: BaseImage, plan: Plan, arm: str, image_size: str, folder: Path) -> ArmRun:
+    """Both boots of one arm run; the disks are deleted whatever happens."""
+    disks = Disks.create(image, folder, swap_bytes=plan.swap_bytes)
+    try:
+        with _simulator(arm) as simulator:
+            network = ImdsNetwork(_port(simulator)) if simulator else None
+            first, notice_at = _hibernate(image, disks, plan, (arm, image_size), folder, simulator)
+            resume = ["cloud-init=disabled", "testbed.resume=1"]
+            with Guest.boot(
+                image,
+                disks,
+                folder,
+                machine=plan.machine,
+                cmdline=resume,
+                network=network,
+                name="resume",
+            ) as second:
+                back = second.wait_for(r"TESTBED (back|booted)", BOOT_TIMEOUT)
+                if "booted" in back.text:
+                    raise GuestError("the guest booted afresh instead of resuming")
+                second.wait_for(r"TESTBED done", BOOT_TIMEOUT, back.index)
+            seen = Observed(
+                arm=arm,
+                image_size=image_size,
+                first=first.console.lines,
+                first_started=first.started,
+                first_exited=first.exited or 0.0,
+                second=second.console.lines,
+                second_started=second.started,
+                notice_at=notice_at,
+            )
+    except GuestError as exc:
+        log.warning("run.failed", arm=arm, image_size=image_size, error=str(exc))
+        return ArmRun(Observed(arm, image_size, [], 0.0, 0.0, [], 0.0), None, str(exc))
+    finally:
+        disks.remove()
+    try:
+        return ArmRun(seen, measure(seen))
+    except MeasureError as exc:
+        return ArmRun(seen, None, str(exc))
+
+
+def _hibernate(
+    image: BaseImage,
+    disks: Disks,
+    plan: Plan,
+    arm_size: tuple[str, str],
+    folder: Path,
+    simulator: MetadataSimulator | None,
+) -> tuple[Guest, float | None]:
+    """Boot 1: load, idle, prepare, hibernate. In the spotguard arm the spot notice is ours
+    to send, once the guest has idled as long as the other arms do before their trigger."""
+    arm, image_size = arm_size
+    notice_at = None
+    with Guest.boot(
+        image,
+        disks,
+        folder,
+        machine=plan.machine,
+        cmdline=plan.cmdline(arm, image_size),
+        network=ImdsNetwork(_port(simulator)) if simulator else None,
+        name="hibernate",
+    ) as guest:
+        idle = guest.wait_for(r"TESTBED idle-start", BOOT_TIMEOUT)
+        if simulator is not None:
+            time.sleep(max(0.0, idle.t + plan.idle_s - time.monotonic()))
+            simulator.set_notice("stop", in_seconds=plan.notice_s)
+            notice_at = time.monotonic()
+        trigger = guest.wait_for(r"TESTBED (trigger|hibernate-failed)", BOOT_TIMEOUT, idle.index)
+        if "failed" in trigger.text:
+            raise GuestError(f"hibernation failed in the guest: {trigger.text}")
+        guest.wait_exit(BOOT_TIMEOUT)
+    return guest, notice_at
+
+
+@contextmanager
+def _simulator(arm: str) -> Iterator[MetadataSimulator | None]:
+    """The metadata simulator on 127.0.0.1, for the arm that runs the real agent."""
+    if arm != "spotguard":
+        yield None
+        return
+    with MetadataSimulator(address="127.0.0.1", port=0) as simulator:
+        yield simulator
+
+
+def _port(simulator: MetadataSimulator) -> int:
+    port = urlsplit(simulator.url).port
+    if port is None:
+        raise GuestError(f"simulator URL without a port: {simulator.url}")
+    return port
+
+
+def detect_accel(image: BaseImage, folder: Path, timeout: float = 60.0) -> str:
+    """ "kvm" when a KVM guest gets as far as running init within `timeout`, else "tcg" (the
+    nested kvm-pvm here hangs a stock kernel right after SeaBIOS)."""
+    if not Path("/dev/kvm").exists():
+        return "tcg"
+    disks = Disks.create(image, folder)
+    try:
+        with Guest.boot(
+            image,
+            disks,
+            folder,
+            machine=Machine(memory_mib=512, accel="kvm"),
+            cmdline=["cloud-init=disabled"],
+            name="kvm-probe",
+        ) as guest:
+            guest.wait_for(r"Run /init as init process", timeout)
+        return "kvm"
+    except GuestError:
+        return "tcg"
+    finally:
+        disks.remove()
+
+
+def benchmark(image: BaseImage, plan: Plan, out: Path) -> list[ArmRun]:
+    runs = []
+    for image_size in plan.image_sizes:
+        for index in range(plan.runs):
+            for arm in plan.arms:
+                folder = out / "tmp" / f"{plan.machine.memory_mib}M-{image_size}-{arm}-{index}"
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("run.start", arm=arm, image_size=image_size, run=index)
+                done = run_arm(image, plan, arm, image_size, folder)
+                log.info(
+                    "run.done",
+                    arm=arm,
+                    image_size=image_size,
+                    run=index,
+                    error=done.error or None,
+                    figures=asdict(done.measurement) if done.measurement else None,
+                )
+                runs.append(done)
+    return runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.run", description=__doc__)
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from %(default)s")
+    parser.add_argument("--image-size", default="default", help="default, 0, or default,0")
+    parser.add_argument("--memory", type=int, default=2048, help="guest MiB (8192 for the RFC's)")
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=1, help="runs per arm")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle seconds before the trigger")
+    parser.add_argument(
+        "--agent-idle",
+        type=float,
+        default=30.0,
+        help="seconds idle before reclaim starts (agent idle.duration, one-shot)",
+    )
+    parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--cache", type=Path, default=CACHE_DIR)
+    args = parser.parse_args(argv)
+    arms = tuple(a for a in args.arms.split(",") if a)
+    sizes = tuple(s for s in args.image_size.split(",") if s)
+    if unknown := [a for a in arms if a not in ARMS] + [s for s in sizes if s not in IMAGE_SIZES]:
+        parser.error(f"unknown arm or image size: {', '.join(unknown)}")
+    image = build_base(args.cache)
+    accel = args.accel if args.accel != "auto" else detect_accel(image, args.out / "tmp" / "probe")
+    plan = Plan(
+        arms=arms,
+        image_sizes=sizes,
+        runs=args.runs,
+        machine=Machine(memory_mib=args.memory, cpus=args.cpus, accel=accel),
+        idle_s=args.idle,
+        agent_idle_s=args.agent_idle,
+    )
+    runs = benchmark(image, plan, args.out)
+    written = report.write(plan_facts(plan), runs, args.out)
+    print(written.read_text())
+    return 0 if all(r.measurement for r in runs) else 1
+
+
+def plan_facts(plan: Plan) -> dict[str, object]:
+    return {
+        "accel": plan.machine.accel.upper(),
+        "memory_mib": plan.machine.memory_mib,
+        "cpus": plan.machine.cpus,
+        "disk_mb_s": plan.machine.disk_bps / 1e6,
+        "idle_s": plan.idle_s,
+        "agent_idle_s": plan.agent_idle_s,
+        "runs": plan.runs,
+        "workload": f"{plan.anon_percent:g} % anon + {plan.cache_percent:g} % page cache",
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The staged engine on a fake cgroup v2 tree, with a writer that answers as the kernel does."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import structlog
+
+from spotguard.clock import FakeClock
+from spotguard.config import Bytes, ReclaimConfig
+from spotguard.reclaim.api import Intensity, ReclaimRequest, StageResult
+from spotguard.reclaim.engine import MIN_STEP, StagedReclaimer
+from tests.test_reclaim_support import MIB, FakeHost, FakeKernel, psi
+
+CONFIG = ReclaimConfig(background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB))
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> FakeHost:
+    host = FakeHost(tmp_path / "root", swap_free=1024 * MIB)
+    host.add("app.slice", file=100 * MIB, anon=200 * MIB)
+    host.add("batch.slice", file=300 * MIB, anon=50 * MIB)
+    host.add("db.slice", file=400 * MIB, anon=400 * MIB)
+    host.write_meminfo()
+    return host
+
+
+def engine(
+    host: FakeHost,
+    kernel: FakeKernel | None = None,
+    config: ReclaimConfig = CONFIG,
+    clock: FakeClock | None = None,
+) -> StagedReclaimer:
+    return StagedReclaimer(
+        host.fs,
+        config,
+        clock or FakeClock(),
+        host.root / "state",
+        writer=kernel or FakeKernel(host),
+    )
+
+
+def run(reclaimer: StagedReclaimer, intensity: Intensity, **kw: object) -> list[StageResult]:
+    request = ReclaimRequest(intensity, budget_s=60.0, **kw)  # type: ignore[arg-type]
+    return list(reclaimer.reclaim(request, threading.Event()).stages)
+
+
+def test_light_takes_page_cache_of_background_cgroups_only(host: FakeHost) -> None:
+    kernel = FakeKernel(host)
+    reclaimer = engine(host, kernel)
+    stages = run(reclaimer, Intensity.LIGHT)
+    assert [(s.cgroup, s.backend, s.stop_reason) for s in stages] == [
+        ("batch.slice", "v2", "no-progress")
+    ]
+    assert stages[0].reclaimed_bytes == stages[0].file_bytes == 300 * MIB
+    assert stages[0].anon_bytes == 0
+    assert host.groups["batch.slice"].anon == 50 * MIB
+    assert host.groups["app.slice"].file == 100 * MIB
+    reclaims = [data for name, data in kernel.writes if name == "batch.slice/memory.reclaim"]
+    assert all(data.endswith(" swappiness=0") for data in reclaims)
+    assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)
+    assert len(reclaims) > 2  # staged, not one big write
+
+
+def test_deep_takes_everything_but_protected_file_first_then_anon(host: FakeHost) -> None:
+    kernel = FakeKernel(host)
+    stages = run(engine(host, kernel), Intensity.DEEP)
+    assert [s.cgroup for s in stages] == ["batch.slice", "app.slice"]
+    assert [(s.file_bytes, s.anon_bytes) for s in stages] == [
+        (300 * MIB, 50 * MIB),
+        (100 * MIB, 200 * MIB),
+    ]
+    assert host.groups["db.slice"].file == 400 * MIB
+    app = [data for name, data in kernel.writes if name == "app.slice/memory.reclaim"]
+    first_anon = next(i for i, data in enumerate(app) if "swappiness" not in data)
+    assert all("swappiness=0" in data for data in app[:first_anon])
+    assert not any("swappiness" in data for data in app[first_anon:])
+
+
+def test_without_swap_anonymous_memory_is_left_alone(host: FakeHost) -> None:
+    host.swap_free = 0
+    host.write_meminfo()
+    kernel = FakeKernel(host)
+    stages = run(engine(host, kernel), Intensity.DEEP)
+    assert sum(s.anon_bytes for s in stages) == 0
+    assert all("swappiness=0" in data for _, data in kernel.writes if data != "0 swappiness=0")
+
+
+def test_emergency_takes_protected_cgroups_last(host: FakeHost) -> None:
+    config = replace(CONFIG, step=Bytes(256 * MIB))
+    stages = run(engine(host, config=config), Intensity.EMERGENCY)
+    assert [s.cgroup for s in stages] == ["batch.slice", "app.slice", "db.slice"]
+    assert stages[-1].reclaimed_bytes == 800 * MIB
+
+
+def test_target_bytes_ends_the_run(host: FakeHost) -> None:
+    reclaimer = engine(host)
+    result = reclaimer.reclaim(
+        ReclaimRequest(Intensity.DEEP, 60.0, target_bytes=40 * MIB), threading.Event()
+    )
+    assert result.stop_reason == "target"
+    assert result.reclaimed_bytes == 40 * MIB
+    assert [s.stop_reason for s in result.stages] == ["target"]
+
+
+def test_steps_are_small_and_bounded(host: FakeHost) -> None:
+    kernel = FakeKernel(host)
+    config = replace(CONFIG, step=Bytes(64 * MIB), step_percent=50.0)
+    run(engine(host, kernel, config=config), Intensity.LIGHT)
+    sizes = [int(data.split()[0]) for name, data in kernel.writes if "batch" in name]
+    assert max(sizes) == 64 * MIB
+    assert min(sizes[:-1]) >= MIN_STEP  # only the last one asks for the remainder
+
+
+def test_host_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
+    host.put("/proc/pressure/io", psi(5.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "pressure"
+    assert result.reclaimed_bytes == 0
+    emergency = engine(host).reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), threading.Event())
+    assert emergency.reclaimed_bytes > 0  # 5 % is under the emergency threshold
+
+
+def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
+    host.put(f"{host.cgroup_root}/batch.slice/memory.pressure", psi(3.0))
+    stages = run(engine(host), Intensity.DEEP)
+    assert [(s.cgroup, s.stop_reason) for s in stages] == [
+        ("batch.slice", "pressure"),
+        ("app.slice", "no-progress"),
+    ]
+
+
+def test_pressure_rising_mid_stage_stops_it(host: FakeHost) -> None:
+    def rise(path: Path, data: str) -> None:
+        if path.parent.name == "batch.slice":
+            host.put("/proc/pressure/memory", psi(1.0))
+
+    result = engine(host, FakeKernel(host, before=rise)).reclaim(
+        ReclaimRequest(Intensity.DEEP, 60.0), threading.Event()
+    )
+    assert result.stop_reason == "pressure"
+    assert [s.stop_reason for s in result.stages] == ["pressure"]
+    assert result.stages[0].steps == 1
+
+
+def test_budget_is_measured_on_the_injected_clock(host: FakeHost) -> None:
+    clock = FakeClock()
+    kernel = FakeKernel(host, before=lambda path, data: clock.advance(4.0))
+    result = engine(host, kernel, clock=clock).reclaim(
+        ReclaimRequest(Intensity.DEEP, budget_s=10.0), threading.Event()
+    )
+    assert result.stop_reason == "budget"
+    assert sum(s.steps for s in result.stages) == 3  # 4 s a step: the 4th would start at 12 s
+
+
+def test_cancel_ends_the_run_after_the_current_step(host: FakeHost) -> None:
+    cancel = threading.Event()
+    kernel = FakeKernel(host)
+    reclaimer = engine(host, kernel)
+    kernel.before = lambda path, data: cancel.set()
+    result = reclaimer.reclaim(ReclaimRequest(Intensity.DEEP, 60.0), cancel)
+    assert result.stop_reason == "cancelled"
+    assert [s.stop_reason for s in result.stages] == ["cancelled"]
+
+
+def test_eagain_ends_the_stage_and_the_next_cgroup_goes_on(host: FakeHost) -> None:
+    kernel = FakeKernel(host, fail={})
+    reclaimer = engine(host, kernel)
+    kernel.fail["memory.reclaim"] = OSError(errno.EAGAIN, "again")
+    stages = run(reclaimer, Intensity.DEEP)
+    assert [(s.stop_reason, s.steps) for s in stages] == [("no-progress", 2)] * 2  # file, anon
+    assert sum(s.reclaimed_bytes for s in stages) == 0
+
+
+def test_a_vanished_cgroup_ends_its_stage_cleanly(host: FakeHost) -> None:
+    def remove(path: Path, data: str) -> None:
+        if path.parent.name == "batch.slice":
+            shutil.rmtree(path.parent)
+
+    stages = run(engine(host, FakeKernel(host, before=remove)), Intensity.DEEP)
+    assert [(s.cgroup, s.stop_reason) for s in stages] == [
+        ("batch.slice", "vanished"),
+        ("app.slice", "no-progress"),
+    ]
+
+
+def test_permission_denied_is_a_stage_error_with_a_clear_message(host: FakeHost) -> None:
+    kernel = FakeKernel(host)
+    reclaimer = engine(host, kernel)
+    kernel.fail["memory.reclaim"] = PermissionError(errno.EACCES, "Permission denied")
+    with structlog.testing.capture_logs() as logs:
+        stages = run(reclaimer, Intensity.LIGHT)
+    assert [s.stop_reason for s in stages] == ["error"]
+    failed = [e for e in logs if e["event"] == "reclaim.stage_failed"]
+    assert "run as root" in failed[0]["error"]
+
+
+def test_a_signal_that_was_not_ours_counts_as_a_short_step(host: FakeHost) -> None:
+    kernel = FakeKernel(host)
+    reclaimer = engine(host, kernel)
+    kernel.fail["memory.reclaim"] = InterruptedError(errno.EINTR, "Interrupted system call")
+    stages = run(reclaimer, Intensity.LIGHT)
+    assert [(s.stop_reason, s.steps) for s in stages] == [("no-progress", 1)]
+
+
+def test_old_kernel_without_swappiness_reclaims_plainly(host: FakeHost) -> None:
+    kernel = FakeKernel(host, swappiness=False)
+    reclaimer = engine(host, kernel)
+    assert not reclaimer.report.swappiness
+    stages = run(reclaimer, Intensity.LIGHT)
+    assert stages[0].reclaimed_bytes == 300 * MIB
+    assert not any("swappiness" in data for name, data in kernel.writes if "batch" in name)
+
+
+def test_rfc_swap_reclaim_counts_what_the_kernel_reports(host: FakeHost) -> None:
+    host.add("batch.slice", file=100 * MIB, anon=0, swap_reclaim=True)
+    config = replace(CONFIG, backend="swap.reclaim")
+    kernel = FakeKernel(host)
+    stages = run(engine(host, kernel, config=config), Intensity.LIGHT)
+    assert [(s.backend, s.reclaimed_bytes, s.stop_reason) for s in stages] == [
+        ("swap.reclaim", 100 * MIB, "no-progress")
+    ]
+    assert all("swappiness" not in d for n, d in kernel.writes if "swap.reclaim" in n)
+
+
+def test_progress_and_last_result(host: FakeHost) -> None:
+    seen: list[StageResult] = []
+    reclaimer = engine(host)
+    assert reclaimer.last_result is None
+    result = reclaimer.reclaim(
+        ReclaimRequest(Intensity.LIGHT, 60.0), threading.Event(), seen.append
+    )
+    assert reclaimer.last_result == result
+    assert [s.steps for s in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].reclaimed_bytes == result.reclaimed_bytes
+    assert all(s.stop_reason == "" for s in seen)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["intensity"] == "light"
+    assert data["stages"][0]["cgroup"] == "batch.slice"
+    assert data["backend"] == "v2"
+
+
+def test_vmstat_deltas_are_reported(host: FakeHost) -> None:
+    def count(path: Path, data: str) -> None:
+        host.put("/proc/vmstat", "pswpout 256\npgsteal_direct 100\npgsteal_proactive 1000\n")
+
+    kernel = FakeKernel(host)
+    reclaimer = engine(host, kernel)
+    kernel.before = count
+    result = reclaimer.reclaim(ReclaimRequest(Intensity.LIGHT, 60.0), threading.Event())
+    assert result.swapped_out_bytes == 256 * 4096
+    assert result.host_reclaimed_bytes == 1100 * 4096
+
+
+def test_explicit_cgroups_and_refused_paths(host: FakeHost, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    host.cgroup_path("escape").symlink_to(outside)
+    stages = run(
+        engine(host), Intensity.DEEP, cgroups=("app.slice", "../etc", "escape", "db.slice")
+    )
+    assert [s.cgroup for s in stages] == ["app.slice"]  # db.slice is protected
+
+
+def test_nothing_to_do(tmp_path: Path) -> None:
+    bare = FakeHost(tmp_path)
+    result = engine(bare).reclaim(ReclaimRequest(Intensity.LIGHT, 60.0), threading.Event())
+    assert (result.stop_reason, result.stages) == ("no-targets", ())
+    shutil.rmtree(bare.fs.path("/sys"))
+    none = engine(bare).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert (none.stop_reason, none.backend) == ("unavailable", "")
