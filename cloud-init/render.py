@@ -43,10 +43,10 @@ def build(source: Path = SOURCE, repo: Path = REPO) -> str:
 
 def render(template: str, variables: Mapping[str, str]) -> str:
     def substitute(match: re.Match[str]) -> str:
-        token = match[0]
-        if token in ("$${", "%%{"):
-            return token[1:]
-        if token == "%{":
+        found = match[0]
+        if found in ("$${", "%%{"):
+            return found[1:]
+        if found == "%{":
             raise TemplateError("template directives (%{...}) are not supported")
         expr = EXPR.fullmatch(match["expr"].strip())
         if expr is None:
@@ -93,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             stale = not TARGET.exists() or TARGET.read_text(encoding="utf-8") != built
             if stale:
-                print(f"{TARGET} is stale: run python3 {Path(__file__).name} build", file=sys.stderr)
+                print(
+                    f"{TARGET} is stale: run python3 {Path(__file__).name} build", file=sys.stderr
+                )
             return int(stale)
         TARGET.write_text(built, encoding="utf-8")
         return 0

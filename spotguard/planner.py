@@ -299,9 +299,11 @@ def _after_trigger(
 
 
 def _why_impossible(obs: Observation, config: Config) -> str:
-    if config.hibernate.mode == "ec2" and obs.facts is None:
+    """Mode `none` is a dry run of the EC2 path: it says what EC2 would refuse, where it can."""
+    mode = config.hibernate.mode
+    if mode == "ec2" and obs.facts is None:
         return "instance facts unknown: the metadata service did not answer"
-    if config.hibernate.mode == "ec2" and obs.facts and obs.facts.hibernation_configured is False:
+    if mode != "local" and obs.facts and obs.facts.hibernation_configured is False:
         return "hibernation is not configured on this instance (HibernationOptions.Configured)"
     if obs.estimate is None:
         return f"cannot estimate the hibernation image: {obs.estimate_error or 'unknown error'}"

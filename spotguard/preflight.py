@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from spotguard.assemble import HibernatorFactory, host_fs
 from spotguard.config import Config
@@ -104,7 +104,7 @@ def _estimate(config: Config, checks: list[Check]) -> ImageEstimate | None:
 def _check(args: argparse.Namespace) -> int:
     checks = run_checks(args.config_obj)
     if args.json:
-        print(json.dumps([c.__dict__ for c in checks], indent=2))
+        print(json.dumps([asdict(c) for c in checks], indent=2))
     else:
         print_table([(c.name, f"{'ok  ' if c.ok else 'FAIL'}  {c.detail}") for c in checks])
     return 0 if all(c.ok for c in checks) else 1

@@ -92,6 +92,7 @@ def simulated_config(base: Config, imds_url: str, workdir: Path, idle_after: flo
             base.agent,
             root=str(workdir / "host"),
             poll_interval=0.5,
+            slow_poll_interval=0.5,
             state_file=str(workdir / "state.json"),
             hook_dir=str(workdir / "hooks"),
             metrics_port=0,

@@ -58,6 +58,7 @@ MASKED_UNITS = (
     "fstrim.timer",
     "man-db.timer",
     "systemd-timesyncd.service",
+    "getty-static.service",
 )
 FSTAB = """\
 /dev/vda / ext4 rw,relatime,errors=remount-ro 0 1

@@ -40,6 +40,7 @@ class Observed:
     first_exited: float
     second: Sequence[Line]
     second_started: float
+    disk_bps: int
     notice_at: float | None = None
 
 
@@ -55,6 +56,7 @@ class Measurement:
     image_bytes: int  # pages the kernel copied, uncompressed
     written_bytes: int  # compressed image written to swap
     write_s: float
+    bound_s: float  # the physical bound: written bytes at the disk's bandwidth
     read_bytes: int
     read_s: float
     prealloc_s: float  # the kernel's shrink/preallocation inside the hibernation window
@@ -129,6 +131,7 @@ def measure(seen: Observed) -> Measurement:
         image_bytes=int(copy_pages) * PAGE,
         written_bytes=int(wrote_kb) * 1024,
         write_s=write_s,
+        bound_s=wrote_kb * 1024 / seen.disk_bps,
         read_bytes=int(read_kb) * 1024,
         read_s=read_s,
         prealloc_s=prealloc_s,

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,8 +24,7 @@ from spotguard.simulator import MetadataSimulator
 from testbed import report
 from testbed.guest import BaseImage, Disks, Guest, GuestError, ImdsNetwork, Machine
 from testbed.image import CACHE_DIR, build_base
-from testbed.measure import MeasureError, Measurement, Observed, event_times, measure
-from testbed.measure import memory_series
+from testbed.measure import MeasureError, Measurement, Observed, measure
 
 log = structlog.get_logger()
 
@@ -42,7 +41,7 @@ class Plan:
     arms: tuple[str, ...] = ARMS
     image_sizes: tuple[str, ...] = ("default",)
     runs: int = 1
-    machine: Machine = Machine()
+    machine: Machine = field(default_factory=Machine)
     idle_s: float = 60.0
     agent_idle_s: float = 30.0  # the agent's idle.duration, and when one-shot reclaims
     notice_s: float = 120.0  # the spot notice's lead time
@@ -80,7 +79,14 @@ def run_arm(image: BaseImage, plan: Plan, arm: str, image_size: str, folder: Pat
     try:
         with _simulator(arm) as simulator:
             network = ImdsNetwork(_port(simulator)) if simulator else None
-            first, notice_at = _hibernate(image, disks, plan, (arm, image_size), folder, simulator)
+            first, notice_at = _hibernate(
+                image,
+                disks,
+                plan=plan,
+                arm_size=(arm, image_size),
+                folder=folder,
+                simulator=simulator,
+            )
             resume = ["cloud-init=disabled", "testbed.resume=1"]
             with Guest.boot(
                 image,
@@ -103,11 +109,12 @@ def run_arm(image: BaseImage, plan: Plan, arm: str, image_size: str, folder: Pat
                 first_exited=first.exited or 0.0,
                 second=second.console.lines,
                 second_started=second.started,
+                disk_bps=plan.machine.disk_bps,
                 notice_at=notice_at,
             )
     except GuestError as exc:
         log.warning("run.failed", arm=arm, image_size=image_size, error=str(exc))
-        return ArmRun(Observed(arm, image_size, [], 0.0, 0.0, [], 0.0), None, str(exc))
+        return ArmRun(Observed(arm, image_size, [], 0.0, 0.0, [], 0.0, 0), None, str(exc))
     finally:
         disks.remove()
     try:
@@ -119,6 +126,7 @@ def run_arm(image: BaseImage, plan: Plan, arm: str, image_size: str, folder: Pat
 def _hibernate(
     image: BaseImage,
     disks: Disks,
+    *,
     plan: Plan,
     arm_size: tuple[str, str],
     folder: Path,

@@ -233,8 +233,9 @@ def _fake_systemctl(tmp_path: Path, active: bool) -> tuple[dict[str, str], Path]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "systemctl"
+    status = 0 if active else 3
     fake.write_text(
-        f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *is-active*) exit {0 if active else 3};; esac\n'
+        f'#!/bin/sh\necho "$*" >> {log}\ncase "$*" in *is-active*) exit {status};; esac\n'
     )
     fake.chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}, log
@@ -266,7 +267,9 @@ def test_sleep_hook_signals_the_agent_after_resume(
 
 # -- the swap script -------------------------------------------------------------------------
 def _fs_type(path: Path) -> str:
-    done = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=False
+    )
     return done.stdout.strip()
 
 
@@ -300,6 +303,8 @@ def test_auto_size_is_ram_but_at_least_4000_mb(tmp_path: Path, mem_kb: int, size
     assert f"would run: fallocate -l {size_mb}M" in done.stdout
     assert sorted(p.name for p in root.iterdir()) == ["etc", "proc"]  # nothing made
     assert not (root / "etc/initramfs-tools/conf.d/resume").exists()
+    assert "would add to" in done.stdout
+    assert "update-initramfs" not in done.stdout  # only on request (--update-initramfs)
 
 
 def test_swap_file_and_boot_configuration_are_made(tmp_path: Path) -> None:
@@ -318,6 +323,7 @@ def test_swap_file_and_boot_configuration_are_made(tmp_path: Path) -> None:
     assert f'resume={ready["resume"]} resume_offset={offset}"' in grub
     assert (root / "etc/initramfs-tools/conf.d/resume").read_text() == f"RESUME={ready['resume']}\n"
     assert not list(root.glob("swapfile.*"))
+    assert (root / "etc/fstab").read_text() == "/swapfile none swap sw 0 0\n"
     _assert_offset_points_at(swap, Path(ready["device"]), offset)
 
 
@@ -348,6 +354,7 @@ def test_an_existing_big_enough_swap_file_is_kept(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "keeping" in again.stderr
     assert (root / "swapfile").stat().st_ino == inode
+    assert (root / "etc/fstab").read_text().count("/swapfile none swap") == 1
 
 
 def test_no_room_is_refused_without_leaving_a_partial_file(tmp_path: Path) -> None:
