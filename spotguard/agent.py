@@ -26,7 +26,6 @@ from spotguard.monitors import InstanceFacts, Monitor
 from spotguard.planner import (
     CancelReclaim,
     Decision,
-    ForgetEvents,
     Graceful,
     Hibernate,
     Notify,
@@ -322,8 +321,6 @@ class Agent:
                 log.info("hibernate.resumed", slept_s=round(slept, 1))
                 self._hibernator = None
                 self.facts = None
-            case ForgetEvents():
-                self.store.forget()
 
     def _run_hooks(self, kind: str, event: Event | None, budget: float | None) -> None:
         env = _event_env(event, self.state.reason)

@@ -47,8 +47,3 @@ class EventStore:
 
     def active(self) -> tuple[Event, ...]:
         return tuple(e for events in self._active.values() for e in events)
-
-    def forget(self) -> None:
-        """Drop everything, e.g. after a resume, when old notices no longer mean anything."""
-        self._seen.clear()
-        self._active.clear()

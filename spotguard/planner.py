@@ -70,6 +70,7 @@ class PlannerState:
     notice_id: str = ""
     emergency_reclaim_done: bool = False
     hibernate_issued: bool = False
+    handled: tuple[str, ...] = ()  # notices already slept through: a stale one must not repeat
     reason: str = ""  # why the phase is what it is, for `spotguard status`
 
 
@@ -115,14 +116,7 @@ class Resumed:
     slept_s: float
 
 
-@dataclass(frozen=True, slots=True)
-class ForgetEvents:
-    """After a resume, old notices mean nothing: a new notice with the same id must count."""
-
-
-Decision = (
-    StartReclaim | CancelReclaim | RunHooks | Notify | Hibernate | Graceful | Resumed | ForgetEvents
-)
+Decision = StartReclaim | CancelReclaim | RunHooks | Notify | Hibernate | Graceful | Resumed
 
 
 def plan(
@@ -134,8 +128,9 @@ def plan(
     )
     if jumped or obs.resume_signalled:
         slept = offset - state.clock_offset if state.clock_offset is not None else 0.0
-        fresh = PlannerState(clock_offset=offset, reason="resumed")
-        return fresh, [Resumed(max(slept, 0.0)), ForgetEvents(), RunHooks("post-resume", None)]
+        handled = (*state.handled, state.notice_id) if state.notice_id else state.handled
+        fresh = PlannerState(clock_offset=offset, handled=handled, reason="resumed")
+        return fresh, [Resumed(max(slept, 0.0)), RunHooks("post-resume", None)]
 
     state = dataclasses.replace(state, clock_offset=offset)
     decisions: list[Decision] = []
@@ -146,7 +141,7 @@ def plan(
         for step in (RunHooks("on-notice", event), Notify("notice", event))
     ]
 
-    notice = _spot_notice(obs.events)
+    notice = _spot_notice(obs.events, state.handled)
     if notice is not None and notice.action == "hibernate":
         return _ec2_hibernating(state, obs, notice, config, decisions)
     if notice is not None:
@@ -183,8 +178,11 @@ def _note_reclaim_end(state: PlannerState, obs: Observation) -> PlannerState:
     return state
 
 
-def _spot_notice(events: tuple[Event, ...]) -> Event | None:
-    return next((e for e in events if e.kind is EventKind.SPOT_INTERRUPTION), None)
+def _spot_notice(events: tuple[Event, ...], handled: tuple[str, ...]) -> Event | None:
+    """The notice to act on; one we already hibernated for, still served after the resume
+    (a stale metadata answer), is not a reason to hibernate again."""
+    spot = EventKind.SPOT_INTERRUPTION
+    return next((e for e in events if e.kind is spot and e.id not in handled), None)
 
 
 def _warning(events: tuple[Event, ...]) -> Event | None:

@@ -13,7 +13,6 @@ from spotguard.monitors import InstanceFacts
 from spotguard.planner import (
     CancelReclaim,
     Decision,
-    ForgetEvents,
     Graceful,
     Hibernate,
     Observation,
@@ -333,8 +332,12 @@ class TestResume:
         assert state.phase is Phase.ARMED
         assert isinstance(decisions[0], Resumed)
         assert decisions[0].slept_s == pytest.approx(7200)
-        assert kinds(decisions)[1:] == ["ForgetEvents", "RunHooks:post-resume"]
-        assert isinstance(decisions[1], ForgetEvents)
+        assert kinds(decisions)[1:] == ["RunHooks:post-resume"]
+        # The same notice, still served after the resume, does not start another round.
+        still = Observation(wall=WALL + 7202, monotonic=MONO + 2, events=(n,), estimate=small)
+        state, decisions = plan(state, still, cfg)
+        assert state.phase is Phase.ARMED
+        assert decisions == []
 
     def test_sleep_hook_signal_means_resumed(self) -> None:
         _, decisions = plan(PlannerState(), obs(0, resume_signalled=True), config())
