@@ -169,33 +169,28 @@ def render(
     errors: Sequence[str],
 ) -> str:
     arms = [a for a in ("vanilla", "oneshot", "spotguard") if any(k[1] == a for k in groups)]
+    others = [a for a in arms if a != "vanilla"]
     lines = [
         f"# Hibernation, {facts['memory_mib']} MiB guest, {facts['accel']} "
-        f"({facts['cpus']} vCPUs, {facts['disk_mb_s']:.0f} MB/s disk, {facts['workload']}, "
+        f"({facts['cpus']} vCPUs, {facts['disk_mib_s']:.0f} MiB/s disk, {facts['workload']}, "
         f"{facts['idle_s']:g} s idle, {facts['runs']} run(s) per arm; means)",
         "",
         "RFC: KVM, 8 GB guest. Ours: ratios between arms of one run are what to compare"
         + (" (TCG: the emulated CPU is a co-bottleneck)." if facts["accel"] == "TCG" else "."),
         "",
-        "| | RFC vanilla | RFC reclaim | RFC ratio | "
-        + " | ".join(f"ours {a}" for a in arms)
-        + " | "
-        + " | ".join(f"{a}/vanilla" for a in arms if a != "vanilla")
-        + " |",
-        "|---" * (4 + len(arms) + len(arms) - 1) + "|",
+        _row(
+            ["", "RFC vanilla", "RFC reclaim", "RFC ratio"]
+            + [f"ours {a}" for a in arms]
+            + [f"{a}/vanilla" for a in others]
+        ),
+        _row(["---"] * (4 + len(arms) + len(others))),
     ]
     for (what, size), (rfc_van, rfc_prep) in RFC.items():
         key = f"{what} s"
-        cells = [summary.get(f"{a}, image_size={size}", {}).get(key) for a in arms]
-        ratios = [_ratio(summary, a, size, key) for a in arms if a != "vanilla"]
-        lines.append(
-            f"| {what}, image_size={size} | {rfc_van:.2f} s | {rfc_prep:.2f} s | "
-            f"{rfc_prep / rfc_van:.3f} | "
-            + " | ".join(_fmt(c, " s") for c in cells)
-            + " | "
-            + " | ".join(_fmt(r) for r in ratios)
-            + " |"
-        )
+        cells = [_fmt(summary.get(f"{a}, image_size={size}", {}).get(key), " s") for a in arms]
+        ratios = [_fmt(_ratio(summary, a, size, key)) for a in others]
+        rfc = [f"{rfc_van:.2f} s", f"{rfc_prep:.2f} s", f"{rfc_prep / rfc_van:.3f}"]
+        lines.append(_row([f"{what}, image_size={size}", *rfc, *cells, *ratios]))
     columns = sorted(summary)
     lines += ["", "| per arm | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, _ in DETAILS:
@@ -251,6 +246,10 @@ def plot(run: ArmRun, facts: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _fmt(value: float | None, unit: str = "") -> str:

@@ -261,7 +261,7 @@ def plan_facts(plan: Plan) -> dict[str, object]:
         "accel": plan.machine.accel.upper(),
         "memory_mib": plan.machine.memory_mib,
         "cpus": plan.machine.cpus,
-        "disk_mb_s": plan.machine.disk_bps / 1e6,
+        "disk_mib_s": plan.machine.disk_bps / (1 << 20),
         "idle_s": plan.idle_s,
         "agent_idle_s": plan.agent_idle_s,
         "runs": plan.runs,

@@ -218,7 +218,7 @@ def test_unit_lets_the_agent_do_its_job() -> None:
     assert unit["Type"] == "notify"
     assert unit["WatchdogSec"]
     assert unit["Restart"] == "on-failure"
-    assert unit["ExecStart"] == "/usr/local/bin/spotguard run --config /etc/spotguard/config.toml"
+    assert unit["ExecStart"] == "/usr/local/bin/spotguard --config /etc/spotguard/config.toml run"
     assert unit["ProtectSystem"] == "strict"
     writable = unit["ReadWritePaths"].split()
     assert {"/sys/fs/cgroup", "/sys/power", "-/proc/sys/vm"} <= set(writable)
