@@ -8,8 +8,8 @@
 #        bake-image.sh --rootfs DIR USER_DATA  into a Debian root filesystem folder (chroot)
 #
 # USER_DATA is the rendered cloud-config (Terraform's templatefile() or cloud-init/render.py).
-# It runs the user-data's own modules with cloud-init itself: write_files, runcmd (which
-# stages the commands) and scripts_user (which runs them). In a chroot the swap step defers to
+# It runs the user-data's own modules with cloud-init itself: write_files, and runcmd (which
+# stages the commands, run right after). In a chroot the swap step defers to
 # first boot (its block offsets would not survive copying the tree into a disk) and systemd
 # only enables the unit; spotguard_package must then name a path inside DIR (a wheel
 # directory: the chroot has no network set up). On a builder the swap file stays: an image
@@ -40,14 +40,22 @@ mkdir -p "$work"
 cp "$user_data" "$work/user-data.yaml"
 printf 'datasource_list: [None]\n' >"$work/datasource.cfg"
 
+# `single` runs one module without making the instance current, so scripts_user would not
+# find what runcmd staged: the staged script is run here. A chroot cannot start units, so what
+# counts is the outcome: spotguard installed and its config valid, the unit enabled.
 stages=$(
     cat <<'EOF'
 set -eu
 cd /var/tmp/spotguard-bake
-for module in write_files runcmd scripts_user; do
+for module in write_files runcmd; do
     echo "bake-image: cloud-init single --name $module" >&2
     cloud-init --file datasource.cfg --file user-data.yaml single --name "$module" --frequency always
 done
+script=$(ls -t /var/lib/cloud/instances/*/scripts/runcmd | head -n 1)
+echo "bake-image: running $script" >&2
+sh "$script" || echo "bake-image: some step failed (a chroot cannot start units); checking" >&2
+/usr/local/bin/spotguard --config /etc/spotguard/config.toml config show >/dev/null
+systemctl is-enabled spotguard.service
 cloud-init clean --logs --machine-id
 EOF
 )
@@ -63,7 +71,7 @@ else
     unshare --mount --propagation private sh -c '
         root=$1 stages=$2
         for fs in proc sys dev; do mount --rbind "/$fs" "$root/$fs"; done
-        chroot "$root" sh -c "$stages"
+        chroot "$root" env SPOTGUARD_DEFER_SWAP=1 SYSTEMD_OFFLINE=1 sh -c "$stages"
     ' bake "$root" "$stages"
 fi
 rm -rf "$work"

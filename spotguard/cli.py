@@ -31,7 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"spotguard: bad configuration: {exc}", file=sys.stderr)
         return 2
-    logs.configure(level=args.log_level)
+    # The daemon logs for the journal; commands for people print their own answer.
+    logs.configure(level=args.log_level or ("info" if args.func is _run else "error"))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -45,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spotguard {__version__}")
     parser.add_argument("--config", help="TOML file (default /etc/spotguard/config.toml)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="JSON log lines on stderr (default: info for run, error for the rest)",
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser("run", help="the agent: watch, reclaim, hibernate")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -50,8 +51,9 @@ class Plan:
 
     @property
     def swap_bytes(self) -> int:
-        """Room for everything the workload may swap out plus the image itself."""
-        return 2 * (self.machine.memory_mib << 20) + SWAP_SLACK
+        """Room for what reclaim swaps out (at most the 60 % anonymous part) plus the image
+        (at most 2/5 of RAM by default), in one sparse file."""
+        return (self.machine.memory_mib << 20) * 5 // 4 + SWAP_SLACK
 
     def cmdline(self, arm: str, image_size: str) -> list[str]:
         knobs = {
@@ -236,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
     args = parser.parse_args(argv)
+    # A stopped benchmark still stops its guests and deletes its disks (the `with` blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     arms = tuple(a for a in args.arms.split(",") if a)
     sizes = tuple(s for s in args.image_size.split(",") if s)
     if unknown := [a for a in arms if a not in ARMS] + [s for s in sizes if s not in IMAGE_SIZES]:

@@ -70,7 +70,7 @@ def main() -> int:
         time.sleep(float(knobs.get("oneshot_after", str(min(30.0, idle / 2)))))
         reclaim_once()
     time.sleep(max(0.0, deadline - time.monotonic()))
-    return hibernate_now.main()
+    return hibernate_now.main([])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Hibernate this guest now; returns after resume. The agent's ``local_command`` and the
 controller's trigger, so every arm enters hibernation the same way.
 
+``--detach`` returns at once and hibernates from a child process, as ``systemctl hibernate``
+does: the agent's command timeout then never spans the kernel's freeze-and-snapshot time.
+
 Refuses to run unless the kernel was booted by the testbed (``testbed.arm=`` on its command
 line): the host's kernel never is, so this can never hibernate the host.
 """
@@ -8,6 +11,7 @@ line): the host's kernel never is, so this can never hibernate the host.
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,10 +30,19 @@ POWER = Path("/sys/power")
 SHRINKABLE = ("SReclaimable", "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     if "arm" not in params():
         print("hibernate-now: not a testbed guest (no testbed.arm= on the kernel command line)")
         return 2
+    if "--detach" in argv:
+        subprocess.Popen(
+            [sys.executable, "-m", "testbed.inguest.hibernate_now"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        return 0
     write_sysfs(POWER / "disk", "shutdown")
     record("trigger", f"{time.monotonic():.3f}")
     signal_program("monitor", signal.SIGUSR1)
@@ -56,4 +69,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
