@@ -20,6 +20,7 @@ from spotguard.clock import Clock
 from spotguard.config import Config
 from spotguard.estimator import Estimator, ImageEstimate
 from spotguard.events import Event, EventKind, EventStore
+from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsError
 from spotguard.metrics import Metrics
 from spotguard.monitors import InstanceFacts, Monitor
@@ -73,6 +74,7 @@ class Parts:
     hibernator_for: Callable[[InstanceFacts | None], Hibernator]
     hooks: HookRunnerLike
     state_file: StateFile
+    image_size: ImageSizeControl
     webhook: WebhookLike | None = None
     metrics: Metrics = field(default_factory=Metrics)
     systemd: SystemdNotifier = field(default_factory=SystemdNotifier)
@@ -154,6 +156,7 @@ class Agent:
         clock = self.parts.clock
         log.info("agent.started", mode=self.config.hibernate.mode, imds=self.config.imds.url)
         self.parts.systemd.notify("READY=1", "STATUS=armed")
+        log.info("agent.armed", after="start")
         while not stop.is_set():
             began = clock.monotonic()
             try:
@@ -310,8 +313,8 @@ class Agent:
                 self._run_hooks(kind, event, budget)
             case Notify(what, event, reason):
                 self._notify(what, event, reason)
-            case Hibernate(event, reason):
-                self._hibernate(event, reason)
+            case Hibernate(event, reason, image_size):
+                self._hibernate(event, reason, image_size)
             case Graceful(event, reason):
                 self.parts.metrics.hibernations.labels("impossible").inc()
                 log.warning(
@@ -319,6 +322,8 @@ class Agent:
                 )
             case Resumed(slept):
                 log.info("hibernate.resumed", slept_s=round(slept, 1))
+                self.parts.image_size.restore()
+                log.info("agent.armed", after="resume")
                 self._hibernator = None
                 self.facts = None
 
@@ -351,10 +356,14 @@ class Agent:
             self._hibernator = self._background.submit(self.parts.hibernator_for, self.facts)
         return self._hibernator
 
-    def _hibernate(self, event: Event, reason: str) -> None:
+    def _hibernate(self, event: Event, reason: str, image_size: int | None) -> None:
         hibernator = self._hibernator_ready().result()
         estimate = self.estimate
+        if image_size is not None:
+            self.parts.image_size.lower(image_size)
         result = hibernator.hibernate()
+        if not result.issued:
+            self.parts.image_size.restore()
         fields = {
             "mode": hibernator.mode,
             "notice": event.id,

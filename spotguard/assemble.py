@@ -10,6 +10,7 @@ from spotguard.config import Config
 from spotguard.estimator import ImageEstimator
 from spotguard.hooks import HookRunner
 from spotguard.hostfs import HostFS
+from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsClient
 from spotguard.monitors import InstanceFacts, default_monitors, fetch_facts
 from spotguard.notify import Webhook
@@ -75,6 +76,7 @@ def build_agent(
         hibernator_for=HibernatorFactory(config, fs),
         hooks=HookRunner(Path(config.agent.hook_dir), config.agent.hook_timeout, clock=clock),
         state_file=StateFile(config.agent.state_file),
+        image_size=ImageSizeControl(fs),
         webhook=webhook,
     )
     return Agent(config, parts)

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="the effective configuration")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=_config_show)
+    for command in (*commands.choices.values(), *config_commands.choices.values()):
+        # `spotguard run --config FILE` reads as naturally as `spotguard --config FILE run`.
+        command.add_argument("--config", default=argparse.SUPPRESS, help="TOML file")
     return parser
 
 

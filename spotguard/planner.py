@@ -103,6 +103,7 @@ class Notify:
 class Hibernate:
     event: Event
     reason: str  # image-small | deadline | reclaim-exhausted
+    image_size_bytes: int | None = None  # lower /sys/power/image_size to this first
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +127,10 @@ def plan(
     jumped = (
         state.clock_offset is not None and offset - state.clock_offset > config.agent.resume_jump
     )
-    if jumped or obs.resume_signalled:
+    # The sleep hook's signal matters only while we were going down: after a resume the clock
+    # jump already caught, it arrives again and must not reset what happened since.
+    going_down = state.phase in (Phase.HIBERNATING, Phase.EC2_HIBERNATING)
+    if jumped or (obs.resume_signalled and going_down):
         slept = offset - state.clock_offset if state.clock_offset is not None else 0.0
         handled = (*state.handled, state.notice_id) if state.notice_id else state.handled
         fresh = PlannerState(clock_offset=offset, handled=handled, reason="resumed")
@@ -265,9 +269,13 @@ def _emergency(
             return _graceful(state, obs, notice, why, decisions)
         if obs.reclaim_running is not None:
             decisions.append(CancelReclaim(f"hibernating: {go}"))
+        # Only a small image is worth tightening: with a big one, the kernel's shrink in the
+        # hibernation window is the slow step we must not add near the deadline.
+        tighten = small and config.hibernate.tune_image_size and config.hibernate.mode != "none"
+        target = small_image_bytes(estimate, config) if tighten else None
         decisions += [
             RunHooks("pre-hibernate", notice, config.hibernate.pre_hibernate_budget),
-            Hibernate(notice, go),
+            Hibernate(notice, go, target),
             Notify("hibernating", notice, go),
         ]
         state = dataclasses.replace(

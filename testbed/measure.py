@@ -114,7 +114,7 @@ def measure(seen: Observed) -> Measurement:
     back, _ = marker(seen.second, "back")
     _, warm = marker(seen.first, "warm")
     _, retouch = marker(seen.second, "retouch")
-    _, fg = marker(seen.first, "fg")
+    _, fg = marker([*seen.first, *seen.second], "fg")  # may print only after resume
     copy_pages = kernel(seen.first, "copy_pages")[0]
     wrote_kb, write_s = kernel(seen.first, "wrote")
     read_kb, read_s = kernel(seen.second, "read")

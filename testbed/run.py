@@ -46,6 +46,9 @@ class Plan:
     idle_s: float = 60.0
     agent_idle_s: float = 30.0  # the agent's idle.duration, and when one-shot reclaims
     notice_s: float = 120.0  # the spot notice's lead time
+    # The agent's idle.cpu_idle_percent. The RFC's 95 % is out of reach under TCG: the
+    # emulated timer work of the foreground probe alone keeps the least idle vCPU at 88-95 %.
+    agent_cpu_idle: float = 80.0
     anon_percent: float = 60.0
     cache_percent: float = 25.0
 
@@ -61,6 +64,7 @@ class Plan:
             "idle": f"{self.idle_s:g}",
             "oneshot_after": f"{self.agent_idle_s:g}",
             "agent_idle": f"{self.agent_idle_s:g}s",
+            "agent_cpu_idle": f"{self.agent_cpu_idle:g}",
             "anon": f"{self.anon_percent:g}",
             "cache": f"{self.cache_percent:g}",
             "image_size": image_size,
@@ -234,6 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=30.0,
         help="seconds idle before reclaim starts (agent idle.duration, one-shot)",
     )
+    parser.add_argument(
+        "--agent-cpu-idle",
+        type=float,
+        default=80.0,
+        help="the agent's idle.cpu_idle_percent (95 is out of reach under TCG)",
+    )
     parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
@@ -253,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine=Machine(memory_mib=args.memory, cpus=args.cpus, accel=accel),
         idle_s=args.idle,
         agent_idle_s=args.agent_idle,
+        agent_cpu_idle=args.agent_cpu_idle,
     )
     runs = benchmark(image, plan, args.out)
     written = report.write(plan_facts(plan), runs, args.out)
@@ -268,6 +279,7 @@ def plan_facts(plan: Plan) -> dict[str, object]:
         "disk_mib_s": plan.machine.disk_bps / (1 << 20),
         "idle_s": plan.idle_s,
         "agent_idle_s": plan.agent_idle_s,
+        "agent_cpu_idle_percent": plan.agent_cpu_idle,
         "runs": plan.runs,
         "workload": f"{plan.anon_percent:g} % anon + {plan.cache_percent:g} % page cache",
     }

@@ -206,11 +206,14 @@ class TestResume:
             agent = make_agent(tmp_path, imds, quiet_host, clock=clock)
             imds.set_notice("stop", in_seconds=120)
             until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            image_size = quiet_host.root / "sys/power/image_size"
+            assert int(image_size.read_text()) < quiet_host.ram * 2 // 5  # tightened first
             imds.clear_notice()  # EC2 clears it once the instance is back
             clock.hibernate(3600)
             decisions = agent.tick()
             assert any(isinstance(d, Resumed) for d in decisions)
             assert agent.state.phase is Phase.ARMED
+            assert int(image_size.read_text()) == quiet_host.ram * 2 // 5  # and put back
             imds.set_notice("stop", in_seconds=120)  # armed again: a second notice counts
             until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
             agent.shutdown()

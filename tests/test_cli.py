@@ -139,7 +139,7 @@ def test_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["--config", str(bad), "config", "show"]) == 2
     assert "reclaim.step" in capsys.readouterr().err
     bad.write_text("[reclaim]\nsteps = 1\n")
-    assert main(["--config", str(bad), "status"]) == 2
+    assert main(["status", "--config", str(bad)]) == 2  # after the command reads as well
     assert "unknown key reclaim.steps" in capsys.readouterr().err
 
 

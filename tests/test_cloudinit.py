@@ -114,14 +114,13 @@ def test_config_toml_may_extend_hibernate_with_dotted_keys() -> None:
     assert config.hibernate.mode == "local"
 
 
-def test_runcmd_installs_swaps_checks_and_enables_in_that_order() -> None:
+def test_runcmd_installs_swaps_checks_and_starts_in_that_order() -> None:
     spec = '--index-url https://pypi.example/simple "spotguard==0.1.0" <&>'
     runcmd = _parsed({**SAMPLE, "spotguard_package": spec, "swap_mb": "6000"})["runcmd"]
     assert runcmd == [
         ["/usr/local/sbin/spotguard-install", spec],
         ["/usr/local/sbin/spotguard-setup-swap", "--size-mb", "6000"],
         ["/usr/local/bin/spotguard", "--config", "/etc/spotguard/config.toml", "config", "show"],
-        ["systemctl", "daemon-reload"],
         ["systemctl", "enable", "--now", "spotguard.service"],
     ]
 

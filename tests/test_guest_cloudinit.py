@@ -7,12 +7,16 @@ the unit. The simulator then announces a stop; the agent (hibernate.mode = "loca
 hibernates the guest into the swap file and QEMU exits. Boot 2 passes the resume= and
 resume_offset= the swap script printed on the console (direct kernel boot has no bootloader
 to carry them), the kernel resumes the image, the sleep hook signals the agent, and the
-agent reports hibernate.resumed and is armed again. Every step is logged with its time.
+agent reports hibernate.resumed, is armed again and handles the next notice. Every step is
+logged with its time; the consoles are kept in the test's tmp_path.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ from tests.test_cloudinit import render_user_data
 
 pytestmark = pytest.mark.guest
 
+BAKE = Path(__file__).resolve().parents[1] / "bake" / "bake-image.sh"
 QEMU_MAC = "52:54:00:12:34:56"  # QEMU's default NIC address: the simulator's network config
 SETUP_TIMEOUT = 420.0  # boot + cloud-init + offline pip install + update-initramfs, under TCG
 STEP_TIMEOUT = 240.0
@@ -34,6 +39,17 @@ READY = r"spotguard-setup-swap: ready: "
 def _event(name: str) -> str:
     """A console pattern for one of the agent's JSON log lines (structlog's "event" key)."""
     return rf'"event": ?"{re.escape(name)}"'
+
+
+def post_notice(simulator: str) -> str:
+    """What EC2 does two minutes before it stops a spot instance; a console pattern for the
+    agent's notice.received line of exactly this notice."""
+    deadline = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+    answer = requests.post(
+        f"{simulator}/simulator/notice", json={"action": "stop", "time": deadline}, timeout=5
+    )
+    assert answer.ok, answer.text
+    return re.escape(f'"id": "spot-itn:stop:{deadline}"') + ".*" + _event("notice.received")
 
 
 def _words(text: str) -> dict[str, str]:
@@ -77,14 +93,9 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
                 assert '"mode": "local"' in started.text
                 step("agent started under systemd")
 
-                answer = requests.post(
-                    f"{sim.url}/simulator/notice",
-                    json={"action": "stop", "in_seconds": 120},
-                    timeout=5,
-                )
-                assert answer.ok, answer.text
+                notice = post_notice(sim.url)
                 step("spot notice posted: stop in 120 s")
-                guest.wait_for(_event("notice.received"), STEP_TIMEOUT, started.index)
+                guest.wait_for(notice, STEP_TIMEOUT, started.index)
                 step("agent saw the notice")
                 guest.wait_for(_event("hibernate.issued"), STEP_TIMEOUT, started.index)
                 step("agent issued the hibernation")
@@ -109,9 +120,61 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
                 step("kernel restored the image")
                 resumed = guest.wait_for(_event("hibernate.resumed"), STEP_TIMEOUT)
                 step("agent reports hibernate.resumed", line=resumed.text.strip()[-80:])
-                armed = guest.wait_for(_event("agent.armed"), STEP_TIMEOUT, resumed.index)
-                step("agent armed again", line=armed.text.strip()[-80:])
                 # The same agent process went on: nothing booted afresh.
                 assert guest.console.find(_event("agent.started")) is None
+                notice = post_notice(sim.url)
+                step("a second notice posted")
+                guest.wait_for(notice, STEP_TIMEOUT, resumed.index)
+                step("the resumed agent handles it")
+                armed = guest.wait_for(_event("agent.armed"), 10, resumed.index)
+                step("agent was armed again before it", line=armed.text.strip()[-80:])
     finally:
         disks.remove()
+
+
+def test_bake_into_a_debian_root_folder(guest_image: BaseImage, tmp_path: Path) -> None:
+    """bake/bake-image.sh --rootfs on a copy of the testbed's OS layer (debootstrap + cloud-init).
+
+    The layer and wheelhouse folders are the testbed's cache entries next to the image.
+    """
+    cache = guest_image.root.parent
+    layers, wheels = sorted(cache.glob("rootfs-*")), sorted(cache.glob("wheels-*"))
+    if not layers or not wheels:
+        pytest.skip(f"no OS layer or wheelhouse in {cache}")
+    root = tmp_path / "rootfs"  # 700+ MB: removed at the end, not kept for pytest
+    try:
+        subprocess.run(["cp", "-a", "--reflink=auto", str(layers[-1]), str(root)], check=True)
+        shutil.copytree(wheels[-1], root / "opt/wheels")
+        user_data = tmp_path / "user-data.yaml"
+        user_data.write_text(
+            render_user_data(
+                {
+                    "spotguard_package": "/opt/wheels",  # as seen inside the folder
+                    "hibernate_mode": "ec2",
+                    "imds_url": "http://169.254.169.254",
+                    "swap_mb": "0",
+                    "config_toml": "",
+                }
+            )
+        )
+        done = subprocess.run(
+            [str(BAKE), "--rootfs", str(root), str(user_data)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(done.stderr[-3000:])
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "baked spotguard-" in done.stderr
+        assert "swap file is made at first boot" in done.stderr
+        assert not (root / "swapfile").exists()  # offsets would not survive the copy to a disk
+        wants = root / "etc/systemd/system/multi-user.target.wants/spotguard.service"
+        assert os.readlink(wants) == "/etc/systemd/system/spotguard.service"
+        assert os.readlink(root / "usr/local/bin/spotguard") == "/opt/spotguard/bin/spotguard"
+        assert 'hibernate.mode = "ec2"' in (root / "etc/spotguard/config.toml").read_text()
+        assert (root / "usr/lib/systemd/system-sleep/spotguard").stat().st_mode & 0o111
+        assert not list((root / "var/lib/cloud").iterdir())  # cleaned: first boot is a first boot
+        assert not (root / "etc/machine-id").exists()
+        assert str(root) not in Path("/proc/self/mounts").read_text()  # the bind mounts are gone
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -193,6 +193,7 @@ class TestStopNotice:
         hibernate = decisions[3]
         assert isinstance(hibernate, Hibernate)
         assert hibernate.reason == "image-small"
+        assert hibernate.image_size_bytes == small_image_bytes(small, config())
 
     def test_large_image_reclaims_within_the_deadline(self) -> None:
         cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
@@ -231,7 +232,7 @@ class TestStopNotice:
         assert decisions == []
         state, decisions = plan(state, obs(58.5, **running), cfg)
         hibernate = [d for d in decisions if isinstance(d, Hibernate)]
-        assert [h.reason for h in hibernate] == ["deadline"]
+        assert [(h.reason, h.image_size_bytes) for h in hibernate] == [("deadline", None)]
 
     def test_exhausted_reclaim_hibernates_without_waiting(self) -> None:
         cfg = config()
@@ -340,8 +341,12 @@ class TestResume:
         assert decisions == []
 
     def test_sleep_hook_signal_means_resumed(self) -> None:
-        _, decisions = plan(PlannerState(), obs(0, resume_signalled=True), config())
+        going_down = PlannerState(phase=Phase.HIBERNATING, notice_id="n")
+        state, decisions = plan(going_down, obs(0, resume_signalled=True), config())
         assert isinstance(decisions[0], Resumed)
+        # The same resume, signalled again after the clock jump caught it, is not a second one.
+        _, decisions = plan(state, obs(1, resume_signalled=True), config())
+        assert not any(isinstance(d, Resumed) for d in decisions)
 
     def test_small_drift_is_not_a_resume(self) -> None:
         state, _ = plan(PlannerState(), obs(0), config())

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from array import array
+from pathlib import Path
 from types import FrameType
 
 from testbed.inguest.common import CGROUP_ROOT, LOAD_CGROUP, meminfo, recall, record, say
@@ -33,7 +34,37 @@ def cgroup_bytes(name: str) -> int:
         return -1
 
 
-def sample_memory(window: list[float]) -> None:
+def cpu_times() -> list[tuple[int, int]]:
+    """(idle, total) jiffies per CPU, from /proc/stat."""
+    found = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            ticks = [int(f) for f in fields]
+            found.append((ticks[3] + ticks[4], sum(ticks)))
+    return found
+
+
+def least_idle_percent(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> float:
+    """The agent's idle signal: the least idle CPU's idle share between two readings."""
+    shares = [
+        100.0 * (i1 - i0) / (t1 - t0)
+        for (i0, t0), (i1, t1) in zip(before, after, strict=True)
+        if t1 > t0
+    ]
+    return min(shares, default=100.0)
+
+
+def pressure_some(resource: str) -> str:
+    """`some avg10` of /proc/pressure/RESOURCE, as the agent's PSI gate reads it."""
+    try:
+        first = Path(f"/proc/pressure/{resource}").read_text().split()
+    except OSError:
+        return "-"
+    return first[1].removeprefix("avg10=")
+
+
+def sample_memory(window: list[float], cpu_idle: float) -> None:
     mem = meminfo()
     say(
         "mem",
@@ -42,9 +73,14 @@ def sample_memory(window: list[float]) -> None:
         free=mem["MemFree"],
         cached=mem["Cached"],
         anon=mem["AnonPages"],
+        swapcached=mem["SwapCached"],
+        slab=mem["Slab"],
         swap_used=mem["SwapTotal"] - mem["SwapFree"],
         fg_p99_ms=f"{percentile(window, 0.99) * 1000:.2f}",
         fg_max_ms=f"{max(window, default=0.0) * 1000:.2f}",
+        cpu_idle_min=f"{cpu_idle:.1f}",
+        psi_mem=pressure_some("memory"),
+        psi_io=pressure_some("io"),
     )
 
 
@@ -72,6 +108,7 @@ def main() -> None:
     times: array[float] = array("d")
     overshoots: array[float] = array("d")
     window: list[float] = []
+    cpu = cpu_times()
     next_report = time.monotonic() + REPORT_EVERY
     while True:
         before = time.monotonic()
@@ -84,8 +121,9 @@ def main() -> None:
             asked.clear()
             summarize(times, overshoots)
         if now >= next_report:
-            sample_memory(window)
-            window = []
+            now_cpu = cpu_times()
+            sample_memory(window, least_idle_percent(cpu, now_cpu))
+            cpu, window = now_cpu, []
             next_report = now + REPORT_EVERY
 
 
