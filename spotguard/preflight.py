@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from spotguard.assemble import HibernatorFactory, host_fs
 from spotguard.config import Config
 from spotguard.estimator import ImageEstimate, ImageEstimator
+from spotguard.hostfs import HostFS
 from spotguard.imds import ImdsClient, ImdsError
 from spotguard.monitors import InstanceFacts, fetch_facts
 from spotguard.reclaim.detect import detect_backends
@@ -49,24 +50,29 @@ def run_checks(config: Config) -> list[Check]:
                 f"{human_bytes(estimate.expected_bytes)} image x {config.hibernate.swap_margin}",
             )
         )
-    try:
-        cmdline = fs.read_text("/proc/cmdline").split()
-    except OSError as exc:
-        cmdline = []
-        checks.append(Check("kernel command line", False, str(exc)))
-    resume = [arg for arg in cmdline if arg.startswith(("resume=", "resume_offset="))]
-    checks.append(
-        Check(
-            "resume= set",
-            any(a.startswith("resume=") for a in resume),
-            " ".join(resume) or "no resume= on /proc/cmdline",
-        )
-    )
+    checks.append(_resume(fs))
     report = detect_backends(fs, config.reclaim)
     checks.append(Check("reclaim backend", report.usable, report.describe()))
     preflight = HibernatorFactory(config, fs)(facts).preflight()
     checks.append(Check(f"hibernate ({config.hibernate.mode})", preflight.issued, preflight.reason))
     return checks
+
+
+def _resume(fs: HostFS) -> Check:
+    """This boot's command line, or GRUB's for the next one (cloud-init's swap set-up writes
+    it there: on a fresh instance it takes effect at the next boot)."""
+    try:
+        cmdline = fs.read_text("/proc/cmdline").split()
+    except OSError as exc:
+        return Check("resume= set", False, f"/proc/cmdline: {exc}")
+    resume = [arg for arg in cmdline if arg.startswith(("resume=", "resume_offset="))]
+    if any(arg.startswith("resume=") for arg in resume):
+        return Check("resume= set", True, " ".join(resume))
+    grub = fs.path("/etc/default/grub.d")
+    for cfg in sorted(grub.glob("*.cfg")) if grub.is_dir() else []:
+        if "resume=" in cfg.read_text(encoding="utf-8", errors="replace"):
+            return Check("resume= set", True, f"for the next boot, in {cfg.name} (reboot first)")
+    return Check("resume= set", False, "no resume= on /proc/cmdline or in /etc/default/grub.d")
 
 
 def _facts(config: Config, checks: list[Check]) -> InstanceFacts | None:

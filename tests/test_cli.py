@@ -76,6 +76,15 @@ def test_check_reports_every_problem(
     assert code == 1
     failing = {line.split("  ")[0] for line in out.splitlines() if "FAIL" in line}
     assert {"swap holds the image", "resume= set"} <= failing
+    grub = bare.root / "etc/default/grub.d"
+    grub.mkdir(parents=True)
+    (grub / "99-spotguard-resume.cfg").write_text('GRUB_CMDLINE_LINUX="resume=UUID=x"\n')
+    with MetadataSimulator() as imds:
+        monkeypatch.setenv("SPOTGUARD_IMDS_URL", imds.url)
+        main(["check", "--json"])
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert checks["resume= set"]["ok"]
+    assert "next boot" in checks["resume= set"]["detail"]
 
 
 def test_check_without_metadata_service(
