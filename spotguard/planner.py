@@ -177,6 +177,8 @@ def _note_reclaim_end(state: PlannerState, obs: Observation) -> PlannerState:
         return state
     if done.intensity is Intensity.EMERGENCY:
         return dataclasses.replace(state, emergency_reclaim_done=True)
+    if done.intensity is Intensity.LIGHT and done.stop_reason == "budget":
+        return state  # stopped by its budget, not the kernel: go on while the host stays idle
     if done.intensity is Intensity.LIGHT:
         return dataclasses.replace(state, last_light_end=obs.monotonic)
     return state
@@ -269,10 +271,7 @@ def _emergency(
             return _graceful(state, obs, notice, why, decisions)
         if obs.reclaim_running is not None:
             decisions.append(CancelReclaim(f"hibernating: {go}"))
-        # Only a small image is worth tightening: with a big one, the kernel's shrink in the
-        # hibernation window is the slow step we must not add near the deadline.
-        tighten = small and config.hibernate.tune_image_size and config.hibernate.mode != "none"
-        target = small_image_bytes(estimate, config) if tighten else None
+        target = _tightened_image(estimate, config, go, latest_start - obs.wall)
         decisions += [
             RunHooks("pre-hibernate", notice, config.hibernate.pre_hibernate_budget),
             Hibernate(notice, go, target),
@@ -292,6 +291,21 @@ def _emergency(
     elif obs.reclaim_running not in (None, Intensity.EMERGENCY):
         decisions.append(CancelReclaim("a spot notice needs emergency reclaim"))
     return state, decisions
+
+
+def _tightened_image(
+    estimate: ImageEstimate, config: Config, go: str, spare_s: float
+) -> int | None:
+    """What /sys/power/image_size should be lowered to, if anything. What is left after our
+    reclaim is mostly clean pages the kernel drops cheaply; but shrinking costs time inside
+    the hibernation window, at worst swap bandwidth, so only where the deadline leaves it."""
+    if not config.hibernate.tune_image_size or config.hibernate.mode == "none":
+        return None
+    target = small_image_bytes(estimate, config)
+    worst_case_s = max(estimate.expected_bytes - target, 0) / config.hibernate.swap_bandwidth
+    if go == "deadline" or worst_case_s > spare_s:
+        return None
+    return target
 
 
 def _after_trigger(

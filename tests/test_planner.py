@@ -110,6 +110,13 @@ class TestIdle:
         _, later = plan(state, obs(614), cfg)
         assert any(isinstance(d, StartReclaim) for d in later)
 
+    def test_light_reclaim_cut_by_its_budget_goes_on(self) -> None:
+        cfg = config(idle={"duration": "10s"})
+        state, _ = steps(PlannerState(), cfg, obs(0), obs(10))
+        cut = ReclaimResult(Intensity.LIGHT, 100 << 20, 60.0, "budget")
+        _, decisions = plan(state, obs(71, reclaim_finished=cut), cfg)
+        assert any(isinstance(d, StartReclaim) for d in decisions)
+
     def test_nothing_starts_while_reclaim_runs(self) -> None:
         cfg = config(idle={"duration": "0s"})
         _, decisions = plan(PlannerState(), obs(0, reclaim_running=Intensity.LIGHT), cfg)
@@ -240,7 +247,20 @@ class TestStopNotice:
         state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
         done = ReclaimResult(Intensity.EMERGENCY, GIB, 8.0, "no-progress")
         _, decisions = plan(state, obs(9, events=(n,), reclaim_finished=done), cfg)
-        assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["reclaim-exhausted"]
+        (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
+        assert hibernate.reason == "reclaim-exhausted"
+        # 2.4 GiB over the target is 25 s at 100 MiB/s: there is time left to let the kernel
+        # shrink to it, so image_size is tightened.
+        assert hibernate.image_size_bytes == small_image_bytes(estimate(), cfg)
+
+    def test_no_tightening_when_the_shrink_would_not_fit_the_deadline(self) -> None:
+        cfg = config()
+        n = notice(in_s=75)  # latest start ~14 s away: too little for 25 s of shrinking
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
+        done = ReclaimResult(Intensity.EMERGENCY, GIB, 8.0, "no-progress")
+        _, decisions = plan(state, obs(1, events=(n,), reclaim_finished=done), cfg)
+        (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
+        assert hibernate.image_size_bytes is None
 
     def test_issued_at_most_once_per_notice(self) -> None:
         cfg = config()
