@@ -26,6 +26,7 @@ class ImageEstimate:
     swap_free_bytes: int
     bandwidth_bytes_per_s: int
     predicted_write_s: float
+    clean_bytes: int = 0  # file LRU + swap cache: what the kernel can drop without writing
 
     def fits(self, margin: float) -> bool:
         """Swap must hold the image with a margin: compressed hibernation does not check."""
@@ -86,6 +87,7 @@ class ImageEstimator:
             swap_free_bytes=info["SwapFree"],
             bandwidth_bytes_per_s=bandwidth,
             predicted_write_s=expected / bandwidth,
+            clean_bytes=info["Active(file)"] + info["Inactive(file)"] + info.get("SwapCached", 0),
         )
 
     def _image_size(self, mem_total: int) -> int:

@@ -296,14 +296,17 @@ def _emergency(
 def _tightened_image(
     estimate: ImageEstimate, config: Config, go: str, spare_s: float
 ) -> int | None:
-    """What /sys/power/image_size should be lowered to, if anything. What is left after our
-    reclaim is mostly clean pages the kernel drops cheaply; but shrinking costs time inside
-    the hibernation window, at worst swap bandwidth, so only where the deadline leaves it."""
-    if not config.hibernate.tune_image_size or config.hibernate.mode == "none":
+    """What /sys/power/image_size should be lowered to, if anything: by the clean pages our
+    reclaim left behind (page cache, swap cache), which the kernel drops without writing
+    anything, never into anonymous memory, whose shrinking inside the hibernation window is
+    the slow step reclaiming ahead of time exists to avoid."""
+    if not config.hibernate.tune_image_size or config.hibernate.mode == "none" or go == "deadline":
         return None
-    target = small_image_bytes(estimate, config)
-    worst_case_s = max(estimate.expected_bytes - target, 0) / config.hibernate.swap_bandwidth
-    if go == "deadline" or worst_case_s > spare_s:
+    target = max(
+        small_image_bytes(estimate, config), estimate.expected_bytes - estimate.clean_bytes
+    )
+    worst_case_s = (estimate.expected_bytes - target) / config.hibernate.swap_bandwidth
+    if target >= estimate.expected_bytes or worst_case_s > spare_s:
         return None
     return target
 
