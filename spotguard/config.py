@@ -141,7 +141,7 @@ class HibernateConfig:
     pre_hibernate_budget: Seconds = Seconds(5.0)
     region: str = ""  # "" : from the metadata service
     local_command: tuple[str, ...] = ("systemctl", "hibernate")  # mode local; no shell
-    tune_image_size: bool = True  # lower /sys/power/image_size to a small planned image
+    tune_image_size: bool = False  # lower /sys/power/image_size by the clean leftovers
 
     def validate(self) -> None:
         _check(self.mode in ("ec2", "local", "none"), "hibernate.mode", "must be ec2|local|none")

@@ -243,7 +243,7 @@ class TestStopNotice:
         assert [(h.reason, h.image_size_bytes) for h in hibernate] == [("deadline", None)]
 
     def test_exhausted_reclaim_hibernates_without_waiting(self) -> None:
-        cfg = config()
+        cfg = config(hibernate={"tune_image_size": True})
         n = notice()
         state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
         done = ReclaimResult(Intensity.EMERGENCY, GIB, 8.0, "no-progress")
@@ -254,9 +254,13 @@ class TestStopNotice:
         # The kernel may drop the clean GiB (10 s at worst, at swap bandwidth): image_size is
         # lowered by that much, never into anonymous memory.
         assert hibernate.image_size_bytes == 2 * GIB
+        _, untuned = plan(
+            state, obs(9, events=(n,), reclaim_finished=done, estimate=left), config()
+        )
+        assert [d.image_size_bytes for d in untuned if isinstance(d, Hibernate)] == [None]
 
     def test_no_tightening_when_the_shrink_would_not_fit_the_deadline(self) -> None:
-        cfg = config()
+        cfg = config(hibernate={"tune_image_size": True})
         n = notice(in_s=75)  # latest start ~14 s away: too little for 20 s of shrinking
         state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
         done = ReclaimResult(Intensity.EMERGENCY, GIB, 8.0, "no-progress")
