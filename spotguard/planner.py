@@ -69,7 +69,6 @@ class PlannerState:
     prepared_for: str = ""  # id of the event the deep reclaim ran for
     notice_id: str = ""
     emergency_reclaim_done: bool = False
-    hibernate_issued: bool = False
     handled: tuple[str, ...] = ()  # notices already slept through: a stale one must not repeat
     reason: str = ""  # why the phase is what it is, for `spotguard status`
 
@@ -277,9 +276,7 @@ def _emergency(
             Hibernate(notice, go, target),
             Notify("hibernating", notice, go),
         ]
-        state = dataclasses.replace(
-            state, phase=Phase.HIBERNATING, hibernate_issued=True, reason=go
-        )
+        state = dataclasses.replace(state, phase=Phase.HIBERNATING, reason=go)
         return state, decisions
 
     if obs.reclaim_running is None and not state.emergency_reclaim_done:

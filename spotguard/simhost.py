@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -29,6 +30,8 @@ class SimCgroup:
 
 class SimHost:
     """An 8 GiB VM at 85 % use (60 % anon, 25 % page cache) with 8 GiB of swap, all idle."""
+
+    cgroup_root: ClassVar[str] = "/sys/fs/cgroup"  # cgroup v2, as the engine finds it
 
     def __init__(
         self,
@@ -68,10 +71,6 @@ class SimHost:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-
-    @property
-    def cgroup_root(self) -> str:
-        return "/sys/fs/cgroup"
 
     # -- the kernel's side of memory.reclaim ------------------------------------------------
     def write(self, path: Path, data: str) -> None:

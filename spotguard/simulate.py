@@ -102,7 +102,7 @@ def simulated_config(base: Config, imds_url: str, workdir: Path, idle_after: flo
         reclaim=r(
             base.reclaim,
             backend="v2",
-            cgroup_root="/sys/fs/cgroup",
+            cgroup_root=SimHost.cgroup_root,
             background=("batch.slice",),
             protected=(),
         ),

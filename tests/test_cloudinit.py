@@ -36,7 +36,7 @@ FIBMAP = 1  # ioctl: a file's block -> the filesystem's block
 SAMPLE = {
     "spotguard_package": "/opt/wheels",
     "hibernate_mode": "local",
-    "imds_url": "http://169.254.169.254",
+    "imds_url": "http://169.254.169.254",  # rendered into text only: nothing connects to it
     "swap_mb": "0",
     "config_toml": '[reclaim]\nbackground = ["system.slice", "batch.slice"]\n',
 }

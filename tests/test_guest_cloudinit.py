@@ -63,6 +63,7 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
         {
             "spotguard_package": "/opt/wheels",  # the testbed's wheelhouse: offline install
             "hibernate_mode": "local",
+            # Inside the guest only, where QEMU's guestfwd relays it to the host's 127.0.0.1.
             "imds_url": "http://169.254.169.254",
             "swap_mb": "0",  # auto: max(RAM, 4000 MB)
             "config_toml": "[agent]\npoll_interval = 1\n",
