@@ -55,6 +55,7 @@ TOKEN_SHAPE = re.compile(r"[\x21-\x7e]{1,1024}")  # real tokens: ~56 base64 char
 # Times outside this range are garbage (or break datetime on the way back out).
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 are the zones that exist
 
 log = structlog.get_logger()
@@ -310,16 +311,20 @@ class ImdsClient:
                 stream=True,
             )
         except requests.ConnectTimeout as exc:  # nothing accepting: not the hop limit
-            raise ImdsUnavailableError(f"{what}: connect timed out ({exc})") from exc
+            raise ImdsUnavailableError(
+                f"{what}: connect timed out after {timeout[0]:.3g} s (nothing accepting?)"
+            ) from exc
         except requests.Timeout as exc:
             if method == "PUT":
                 raise ImdsTokenTimeoutError(
                     f"{what}: no answer in {timeout[1]:.3g} s "
                     "(hop limit? HttpPutResponseHopLimit too low for this network path)"
                 ) from exc
-            raise ImdsUnavailableError(f"{what}: timed out ({exc})") from exc
+            raise ImdsUnavailableError(
+                f"{what}: timed out, no answer in {timeout[1]:.3g} s"
+            ) from exc
         except requests.RequestException as exc:
-            raise ImdsUnavailableError(f"{what}: {exc}") from exc
+            raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
         try:
             body = self._read_body(response, what, ends)
         except BaseException:
@@ -354,7 +359,7 @@ class ImdsClient:
                     f"({size} bytes so far)"
                 ) from exc
             except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-                raise ImdsUnavailableError(f"{what}: reading the answer: {exc}") from exc
+                raise ImdsUnavailableError(f"{what}: reading the answer: {_reason(exc)}") from exc
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
@@ -368,6 +373,17 @@ def _wait_at_most(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     if isinstance(sock, socket.socket):
         sock.settimeout(max(seconds, 0.001))
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause in words that are the same every time (so repeats can be counted as
+    one): urllib3's messages carry object addresses and the pool's URL."""
+    root = exc
+    while (nested := root.__cause__ or root.__context__) is not None and nested is not root:
+        root = nested
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    return ADDRESS.sub("", str(root)) or type(root).__name__
 
 
 def _valid_token(body: bytes) -> str:
