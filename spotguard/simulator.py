@@ -787,6 +787,11 @@ class _Server(ThreadingHTTPServer):
         self._fillers: list[socket.socket] = []
         super().__init__((address, port), _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that reset the connection (it gave up on a fault) is no error of ours."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can hang without DNS.
         socketserver.TCPServer.server_bind(self)
