@@ -57,6 +57,7 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 are the zones that exist
+MIN_WAIT = 0.01  # less time than this left for a request: do not send it
 
 log = structlog.get_logger()
 
@@ -166,10 +167,11 @@ class ImdsClient:
     still come back 401 after a resume: then one new token is fetched and the GET repeated.
 
     Every request (the token PUT, each GET) ends within `deadline` seconds of real time,
-    connect and all reads together. A timeout or a refused connection ends the call, so a dead
-    or hanging service costs one deadline per call, not attempts x timeouts: the next poll is
-    the retry. Only answers that say "try again" (5xx, 429) are retried within a call, with
-    backoff, for at most one more deadline.
+    connect and all reads together, and a whole call within two (`budget`: room for a token
+    PUT and its GET, or a 401 and the second try). A timeout or a refused connection ends the
+    call, so a dead or hanging service costs one deadline per call, not attempts x timeouts:
+    the next poll is the retry. Only answers that say "try again" (5xx, 429) are retried
+    within a call, with backoff, while the budget lasts.
     """
 
     def __init__(
@@ -198,11 +200,12 @@ class ImdsClient:
         self._deadline = deadline or max(config.connect_timeout, config.read_timeout)
         self._max_body = max_body
         self._timer = timer
+        self._call_ends = float("inf")  # set by each call
         self._token: str | None = None
         self._refresh_at = 0.0
         self._v1 = False  # set once a service without tokens was found and v1 is allowed
         self._retrying = Retrying(
-            stop=stop_after_attempt(config.attempts) | stop_before_delay(self._deadline),
+            stop=stop_after_attempt(config.attempts) | stop_before_delay(self.budget),
             wait=wait_random_exponential(multiplier=backoff_max / 8, max=backoff_max),
             retry=retry_if_exception_type(ImdsServerError),
             sleep=self._clock.sleep,
@@ -214,6 +217,11 @@ class ImdsClient:
     def deadline(self) -> float:
         """The most one call may take, in seconds."""
         return self._deadline
+
+    @property
+    def budget(self) -> float:
+        """The most one call (token PUT, retries and all) may take, in seconds."""
+        return 2 * self._deadline
 
     def get_text(self, path: str) -> str | None:
         body = self.get_bytes(path)
@@ -239,6 +247,7 @@ class ImdsClient:
         return data
 
     def get_bytes(self, path: str) -> bytes | None:
+        self._call_ends = self._timer() + self.budget
         return self._retrying(self._get_once, path)
 
     def _get_once(self, path: str) -> bytes | None:
@@ -296,11 +305,16 @@ class ImdsClient:
     def _send(self, method: str, path: str, headers: dict[str, str]) -> _Reply:
         """One request, all done within the deadline: connect, headers, the streamed body."""
         what = f"{method} {path}"
-        ends = self._timer() + self._deadline
+        now = self._timer()
+        ends = min(now + self._deadline, self._call_ends)
+        if ends - now < MIN_WAIT:
+            raise ImdsUnavailableError(
+                f"{what}: not sent, the call's {self.budget:.3g} s are spent"
+            )
         url = f"{self._base}/{path.lstrip('/')}"
         timeout = (
-            min(self._config.connect_timeout, self._deadline),
-            min(self._config.read_timeout, self._deadline),
+            min(self._config.connect_timeout, ends - now),
+            min(self._config.read_timeout, ends - now),
         )
         try:
             response = self._session.request(
@@ -372,7 +386,7 @@ def _wait_at_most(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
     """Shorten the socket's per-read timeout so the next read cannot outlast the deadline."""
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     if isinstance(sock, socket.socket):
-        sock.settimeout(max(seconds, 0.001))
+        sock.settimeout(max(seconds, MIN_WAIT))
 
 
 def _reason(exc: BaseException) -> str:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +22,7 @@ from spotguard.clock import FakeClock
 from spotguard.config import ImdsConfig, Seconds
 from spotguard.imds import ImdsClient, ImdsError
 from spotguard.logs import MAX_TRACKED, RepeatFilter
+from spotguard.simhost import SimCgroup, SimHost
 
 EVERY = 60.0
 
@@ -147,3 +154,40 @@ def test_real_client_errors_repeat_identically(out: io.StringIO, clock: Clock) -
             log.warning("imds.error", source="spot", error=str(exc))
     shown = [e for e in lines(out) if e["level"] == "warning"]
     assert [e["error"] for e in shown] == ["PUT /latest/api/token: Connection refused"]
+
+
+def test_agent_against_a_refusing_service_warns_once_per_cause(tmp_path: Path) -> None:
+    """The issue's row "connection refused for 40 s: 7.7 warnings a second", shortened: the
+    real `spotguard run` against a port nobody listens on, 5 s at a 0.1 s poll."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    host = SimHost(tmp_path / "host", cgroups={"batch.slice": SimCgroup(1 << 26, 1 << 26)})
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SPOTGUARD_")},
+        "SPOTGUARD_CONFIG": str(tmp_path / "absent.toml"),
+        "SPOTGUARD_IMDS_URL": f"http://127.0.0.1:{port}",
+        "SPOTGUARD_ROOT": str(host.root),
+        "SPOTGUARD_AGENT_STATE_FILE": str(tmp_path / "state.json"),
+        "SPOTGUARD_AGENT_HOOK_DIR": str(tmp_path / "hooks"),
+        "SPOTGUARD_AGENT_POLL_INTERVAL": "0.1",
+        "SPOTGUARD_AGENT_SLOW_POLL_INTERVAL": "0.1",
+        "SPOTGUARD_RECLAIM_BACKEND": "v2",
+        "SPOTGUARD_HIBERNATE_MODE": "none",
+    }
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "spotguard", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(5.0)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, errors = agent.communicate(timeout=30)
+    events = [json.loads(line) for line in errors.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "agent.stopped" for e in events), errors[-2000:]
+    polls = [e for e in events if e["event"] == "imds.error"]
+    causes = {(e["source"], e["error"]) for e in polls}
+    assert polls, "the agent never reported the refused connections"
+    assert len(polls) == len(causes)  # each cause once, however many polls failed
+    assert all("Connection refused" in error for _, error in causes)
+    assert "Traceback" not in errors
