@@ -371,6 +371,23 @@ def test_aws_mock_pages_paths_and_tokens(aws_mock: MetadataSimulator, sim_clock:
     assert "NotBeforeDeadline" in events[0]
 
 
+def test_aws_mock_spot_command_serves_spot_and_rebalance_only() -> None:
+    with MetadataSimulator(quirks=Quirks.from_names(["aws-mock-spot"])) as sim:
+        sim.set_lifecycle("Terminated")
+        sim.set_notice("stop")
+        sim.set_rebalance()
+        url = sim.url + META
+        assert (
+            requests.get(f"{url}/events/maintenance/scheduled", timeout=TIMEOUT).status_code == 404
+        )
+        assert (
+            requests.get(f"{url}/autoscaling/target-lifecycle-state", timeout=TIMEOUT).status_code
+            == 404
+        )
+        assert requests.get(f"{url}/spot/instance-action", timeout=TIMEOUT).ok
+        assert requests.get(f"{url}/events/recommendations/rebalance", timeout=TIMEOUT).ok
+
+
 def test_wall_clock_tokens_expire_across_a_hibernation(sim_clock: FakeClock) -> None:
     path = f"{META}/instance-id"
     for quirks, after in ((Quirks(), 200), (Quirks(wall_clock_tokens=True), 401)):
