@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spotguard.hostfs import HostFS
+from spotguard.kernelnum import counter
 from spotguard.signals.procfile import ProcFile
 
 # user nice system idle iowait irq softirq steal; guest time is already inside user and nice.
@@ -37,9 +38,12 @@ class CpuIdle:
             if not (name.startswith("cpu") and name[3:].isdigit()):
                 continue
             fields = rest.split()[:_COUNTED]
-            if len(fields) <= _IOWAIT or not all(f.isdigit() for f in fields):
+            try:
+                if len(fields) <= _IOWAIT:
+                    raise ValueError("too few fields")
+                values = [counter(f) for f in fields]
+            except ValueError:
                 self._file.malformed(line)
                 continue
-            values = [int(f) for f in fields]
             ticks[name] = (values[_IDLE] + values[_IOWAIT], sum(values))
         return ticks
