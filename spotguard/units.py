@@ -14,8 +14,10 @@ import reprlib
 MAX_BYTES = (1 << 63) - 1  # the kernel's own "unlimited" for a cgroup v1 limit
 MAX_SECONDS = 10 * 365 * 86400.0
 _MAX_DIGITS = 24  # more than any byte count or duration we take, short of float trouble
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+# A number as people and `config show` write it: 4096, 1.5, 1e-05.
+_NUMBER = r"(\d+(?:\.\d+)?(?:e[+-]?\d{1,3})?)"
+_SIZE = re.compile(rf"^\s*{_NUMBER}\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(rf"^\s*{_NUMBER}\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
 _SIZE_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 _DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _REPR = reprlib.Repr()
@@ -30,7 +32,13 @@ def parse_bytes(text: str | int) -> int:
     if not match or len(match.group(1)) > _MAX_DIGITS:
         raise ValueError(f"not a size: {short(text)} (try 4096, 256M, 2G)")
     number, unit = match.groups()
-    return _checked_bytes(int(float(number) * (1 << _SIZE_SHIFT[unit.upper()])))
+    shift = _SIZE_SHIFT[unit.upper()]
+    if number.isdigit():  # exact: a float would round 2**53 + 1
+        return _checked_bytes(int(number) << shift)
+    scaled = float(number) * (1 << shift)
+    if not scaled <= MAX_BYTES:  # also 1e999 (inf), before int() of it overflows
+        raise ValueError(f"size must be 0..{MAX_BYTES} bytes, got {short(text)}")
+    return int(scaled)
 
 
 def parse_duration(text: str | float) -> float:
