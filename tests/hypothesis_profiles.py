@@ -12,13 +12,13 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {
-    "max_examples": 80,
-    "deadline": None,  # the machine is shared: time per example is no verdict
-    "suppress_health_check": [HealthCheck.too_slow],
-}
-settings.register_profile("ci", derandomize=True, database=None, print_blob=True, **_COMMON)
-settings.register_profile("dev", **_COMMON)
+_COMMON = settings(
+    max_examples=80,
+    deadline=None,  # the machine is shared: time per example is no verdict
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("ci", _COMMON, derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", _COMMON)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
 )
