@@ -22,10 +22,13 @@ class CpuIdle:
         """None on the first read, when /proc/stat is missing, or when no CPU has ticked."""
         current = self._ticks()
         previous, self._previous = self._previous, current
+        # A CPU whose counters went back (hotplug, a bad read) says nothing about the interval.
         idle_percents = [
             100.0 * (idle - previous[cpu][0]) / (total - previous[cpu][1])
             for cpu, (idle, total) in current.items()
-            if cpu in previous and total > previous[cpu][1]
+            if cpu in previous
+            and total > previous[cpu][1]
+            and 0 <= idle - previous[cpu][0] <= total - previous[cpu][1]
         ]
         return min(idle_percents, default=None)
 
