@@ -39,7 +39,9 @@ class StateFile:
     ) -> None:
         self.path = Path(path)
         self._wall = wall
-        self._proc = proc or HostFS()  # where this process looks itself up
+        # Who we are, looked up once: a pid and its start time never change.
+        self._pid = os.getpid()
+        self._started = start_ticks(proc or HostFS(), self._pid)
         self._last: str = ""
 
     def write(self, state: dict[str, Any]) -> None:
@@ -48,10 +50,9 @@ class StateFile:
         if body == self._last and self._touch():
             return
         now = self._wall()
-        pid = os.getpid()
         writer = {
-            "pid": pid,
-            "process_start": start_ticks(self._proc, pid),
+            "pid": self._pid,
+            "process_start": self._started,
             "version": __version__,
             "at": datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "at_s": round(now, 3),

@@ -30,6 +30,7 @@ EXIT_UNHEALTHY = 1  # the agent runs but says it is unhealthy, or its loop is st
 EXIT_USAGE = 2  # bad configuration or command line (as for every command)
 EXIT_NOT_RUNNING = 3  # no state yet, its process is gone, or no heartbeat for too long
 EXIT_BAD_STATE = 4  # the state file cannot be read or is not a state
+_LARGEST = 1 << 63  # bytes, pids, ticks: all fit; more is not a state the agent wrote
 EXIT_CODES = f"""exit codes:
   {EXIT_RUNNING}  the agent is running and healthy
   {EXIT_UNHEALTHY}  the agent is running but unhealthy (its own verdict, or no heartbeat)
@@ -113,10 +114,14 @@ class _Fields:
 
     def integer(self, key: str) -> int | None:
         value = self._get(key, (int,), "an integer", False)
+        if value is not None and abs(value) > _LARGEST:  # a float of it would overflow
+            raise StateFormatError(f"{self._where}{key}: an integer far out of range")
         return None if value is None else int(value)
 
     def number(self, key: str) -> float | None:
         value = self._get(key, (int, float), "a number", False)
+        if isinstance(value, int):
+            return self.integer(key)
         return None if value is None else float(value)
 
     def table(self, key: str) -> _Fields | None:
@@ -124,24 +129,22 @@ class _Fields:
         return None if value is None else _Fields(value, f"{self._where}{key}.")
 
     def tables(self, key: str) -> list[_Fields]:
-        value = self._get(key, (list,), "a list", False) or []
         return [
             _Fields(item, f"{self._where}{key}[{n}].")
-            if isinstance(item, dict)
-            else _bad(f"{self._where}{key}[{n}]: expected an object, got {short(item)}")
-            for n, item in enumerate(value)
+            for n, item in enumerate(self._items(key, dict, "an object"))
         ]
 
     def texts(self, key: str) -> list[str]:
-        value = self._get(key, (list,), "a list", False) or []
-        for n, item in enumerate(value):
-            if not isinstance(item, str):
-                _bad(f"{self._where}{key}[{n}]: expected a string, got {short(item)}")
-        return list(value)
+        return list(self._items(key, str, "a string"))
 
-
-def _bad(message: str) -> Any:
-    raise StateFormatError(message)
+    def _items(self, key: str, kind: type, name: str) -> list[Any]:
+        items: list[Any] = self._get(key, (list,), "a list", False) or []
+        for n, item in enumerate(items):
+            if not isinstance(item, kind):
+                raise StateFormatError(
+                    f"{self._where}{key}[{n}]: expected {name}, got {short(item)}"
+                )
+        return items
 
 
 @dataclass(frozen=True, slots=True)
