@@ -196,9 +196,9 @@ def _check(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(f"{key}: {problem}")
 
 
-def _check_ranges(section: str, values: object) -> None:
+def _check_ranges(section: str, values: Any) -> None:
     """Every numeric key has a range (`ranged`); ``lo <= x <= hi`` is also false for NaN."""
-    for f in dataclasses.fields(values):  # type: ignore[arg-type]
+    for f in dataclasses.fields(values):
         if "range" in f.metadata:
             lo, hi, unit = f.metadata["range"]
             value = getattr(values, f.name)
