@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_READ = 1 << 20  # /proc/stat of a 448-CPU host is ~100 KiB; nothing we read comes close
+_CHUNK = 64 << 10  # most kernel files are one chunk: no 1 MiB buffer per read
 
 
 class HostFileError(OSError):
@@ -36,7 +37,7 @@ def read_bounded(path: str | os.PathLike[str], limit: int = MAX_READ) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
-            chunk = os.read(fd, limit + 1 - size)
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)
