@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotguard.agent import _event_env
@@ -31,6 +31,7 @@ from spotguard.config import (
     load,
 )
 from spotguard.events import Event, EventKind
+from spotguard.units import parse_bytes, parse_duration
 
 SECTIONS = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
 FIELDS = [
@@ -330,3 +331,31 @@ def test_valid_values_round_trip_through_the_environment(config: Config) -> None
             text = ",".join(value) if isinstance(value, list) else str(value)
             env[f"SPOTGUARD_{section}_{key}".upper()] = text
     assert from_mapping({}, env=env) == config
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**5000, "9" * 5000, "1e999", "1e999m", math.nan, math.inf, -1, "nan", "-5s"],
+    ids=["int-5000", "str-5000", "1e999", "1e999m", "nan", "inf", "-1", "str-nan", "-5s"],
+)
+def test_units_refuse_what_would_overflow_later(value: Any) -> None:
+    """The issue's 29 OverflowError tracebacks came from here: now each is a ValueError."""
+    for parse in (parse_bytes, parse_duration):
+        if isinstance(value, float) and parse is parse_bytes:
+            continue  # parse_bytes takes int | str; floats are the config loader's business
+        with pytest.raises(ValueError, match=r"must be|not a"):
+            parse(value)
+
+
+def test_units_keep_exact_sizes() -> None:
+    assert parse_bytes(str((1 << 53) + 1)) == (1 << 53) + 1
+    assert parse_bytes("1.5G") == 3 << 29
+    assert parse_duration("1e-05") == 1e-05
+    assert parse_duration("2m") == 120.0
+
+
+def test_the_ci_profile_is_reproducible_and_bounded() -> None:
+    ci = settings.get_profile("ci")
+    assert ci.derandomize
+    assert ci.database is None
+    assert ci.max_examples <= 100
