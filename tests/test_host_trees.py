@@ -152,6 +152,7 @@ LATER = {
 }
 
 
+@settings(max_examples=50)  # ~25 files an example: the costliest fuzz test, kept to seconds
 @given(
     TREES,
     st.fixed_dictionaries({path: content(good) for path, good in LATER.items()}),
