@@ -9,15 +9,11 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
 
-from spotguard import __version__, cli_reclaim, logs, preflight, simulate
+from spotguard import __version__, cli_reclaim, logs, preflight, simulate, status
 from spotguard.assemble import build_agent
 from spotguard.config import Config, ConfigError, load
 from spotguard.metrics import MetricsServer
-from spotguard.state import StateFile
-from spotguard.table import print_table
-from spotguard.units import human_bytes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,9 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     simulate.register(commands)
 
-    status = commands.add_parser("status", help="what the running agent knows")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(func=_status)
+    status.register(commands)
 
     preflight.register(commands)
     cli_reclaim.register(commands)
@@ -105,62 +99,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def dry_run(config: Config) -> Config:
     return dataclasses.replace(config, hibernate=dataclasses.replace(config.hibernate, mode="none"))
-
-
-def _status(args: argparse.Namespace) -> int:
-    config: Config = args.config_obj
-    try:
-        state = StateFile(config.agent.state_file).read()
-    except (OSError, ValueError) as exc:
-        print(f"spotguard: cannot read {config.agent.state_file}: {exc}", file=sys.stderr)
-        return 1
-    if state is None:
-        print(f"spotguard: no state at {config.agent.state_file}: is the agent running?")
-        return 1
-    if args.json:
-        print(json.dumps(state, indent=2, sort_keys=True))
-        return 0
-    print_table(status_rows(state))
-    return 0 if state.get("healthy") else 1
-
-
-def status_rows(state: dict[str, Any]) -> list[tuple[str, str]]:
-    facts = state.get("facts") or {}
-    estimate = state.get("estimate") or {}
-    reclaim = state.get("last_reclaim") or {}
-    rows = [
-        ("phase", f"{state.get('phase')} ({state.get('reason') or '-'})"),
-        ("healthy", "yes" if state.get("healthy") else f"NO: {state.get('health_problem')}"),
-        (
-            "instance",
-            f"{facts.get('instance_id', '?')} {facts.get('life_cycle', '')} "
-            f"{facts.get('region', '')}".strip(),
-        ),
-        ("hibernation configured", str(facts.get("hibernation_configured", "?"))),
-        ("hibernate mode", str(state.get("hibernate_mode"))),
-        ("idle for", "-" if state.get("idle_since_s") is None else f"{state['idle_since_s']} s"),
-        ("reclaim running", str(state.get("reclaim_running") or "no")),
-    ]
-    if estimate:
-        rows += [
-            ("image expected", human_bytes(estimate["expected_bytes"])),
-            ("image floor", human_bytes(estimate["floor_bytes"])),
-            ("swap free", human_bytes(estimate["swap_free_bytes"])),
-            ("predicted write", f"{estimate['predicted_write_s']:.1f} s"),
-        ]
-    if reclaim:
-        rows.append(
-            (
-                "last reclaim",
-                f"{human_bytes(reclaim['reclaimed_bytes'])} in {reclaim['duration_s']:.1f} s "
-                f"({reclaim['intensity']}, {reclaim['stop_reason']})",
-            )
-        )
-    rows += [
-        (f"event {e['kind']}", f"{e['action']} by {e['deadline'] or '-'}")
-        for e in state.get("events") or []
-    ]
-    return rows
 
 
 def _config_show(args: argparse.Namespace) -> int:

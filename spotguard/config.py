@@ -1,29 +1,58 @@
 """Configuration: a TOML file, then ``SPOTGUARD_<SECTION>_<KEY>`` overrides, validated up front.
 
 Every section is a frozen dataclass; the loader derives keys and types from the fields, so a
-new setting is one line here. An unknown key or a bad value raises ConfigError naming it.
+new setting is one line here, and every numeric one carries its allowed range (`ranged`). An
+unknown key or variable, a bad value or an unreadable file raises ConfigError naming it and
+saying what is allowed; no other exception leaves `load`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
+import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from spotguard.units import parse_bytes, parse_duration
+from spotguard.hostfs import read_bounded
+from spotguard.units import MAX_BYTES, parse_bytes, parse_duration, short
 
 DEFAULT_PATH = Path("/etc/spotguard/config.toml")
+MAX_FILE_BYTES = 1 << 20
+_LONG_DIGITS = re.compile(r"[0-9_]{1000,}")
+_HEADER = re.compile(r"(?m)^\s*\[\s*([^\]\s]+)\s*\]")
 ENV_PREFIX = "SPOTGUARD_"
 # Short names people already know from the design card.
 ENV_ALIASES = {"SPOTGUARD_IMDS_URL": ("imds", "url"), "SPOTGUARD_ROOT": ("agent", "root")}
+# SPOTGUARD_* variables that are not settings: what hooks are given (a hook may well run
+# `spotguard status`), and the image bake's switch for the swap setup script.
+NOT_CONFIG = frozenset(
+    {
+        "SPOTGUARD_CONFIG",
+        "SPOTGUARD_HOOK",
+        "SPOTGUARD_REASON",
+        "SPOTGUARD_EVENT_KIND",
+        "SPOTGUARD_EVENT_ID",
+        "SPOTGUARD_ACTION",
+        "SPOTGUARD_DEADLINE",
+        "SPOTGUARD_DEFER_SWAP",
+    }
+)
 
 Bytes = typing.NewType("Bytes", int)
 Seconds = typing.NewType("Seconds", float)
+T = TypeVar("T")
+
+
+def ranged(default: T, lo: float, hi: float, unit: str = "") -> T:
+    """A numeric field with its allowed range, checked on load (`Config.validate`)."""
+    return field(default=default, metadata={"range": (lo, hi, unit)})
 
 
 class ConfigError(ValueError):
@@ -34,71 +63,56 @@ class ConfigError(ValueError):
 class ImdsConfig:
     url: str = "http://169.254.169.254"
     allow_v1: bool = False
-    token_ttl: Seconds = Seconds(21600.0)
-    connect_timeout: Seconds = Seconds(1.0)
-    read_timeout: Seconds = Seconds(2.0)
-    attempts: int = 3
+    token_ttl: Seconds = ranged(Seconds(21600.0), 1, 21600, " s")
+    connect_timeout: Seconds = ranged(Seconds(1.0), 0.01, 60, " s")
+    read_timeout: Seconds = ranged(Seconds(2.0), 0.01, 60, " s")
+    attempts: int = ranged(3, 1, 10)
 
     def validate(self) -> None:
         _check(self.url.startswith(("http://", "https://")), "imds.url", "must be an http URL")
-        _check(1 <= self.token_ttl <= 21600, "imds.token_ttl", "must be 1..21600 seconds")
-        _check(self.connect_timeout > 0, "imds.connect_timeout", "must be > 0")
-        _check(self.read_timeout > 0, "imds.read_timeout", "must be > 0")
-        _check(1 <= self.attempts <= 10, "imds.attempts", "must be 1..10")
 
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     root: str = "/"
-    poll_interval: Seconds = Seconds(1.0)  # the spot notice: every poll
-    slow_poll_interval: Seconds = Seconds(5.0)  # rebalance, scheduled events, ASG: minutes ahead
+    # the spot notice: every poll
+    poll_interval: Seconds = ranged(Seconds(1.0), 0.05, 60, " s")
+    # rebalance, scheduled events, ASG: minutes ahead
+    slow_poll_interval: Seconds = ranged(Seconds(5.0), 0.05, 600, " s")
     state_file: str = "/var/lib/spotguard/state.json"
     hook_dir: str = "/etc/spotguard/hooks"
-    hook_timeout: Seconds = Seconds(10.0)
+    hook_timeout: Seconds = ranged(Seconds(10.0), 0.01, 3600, " s")
     webhook_url: str = ""
-    webhook_attempts: int = 3
-    metrics_port: int = 0
+    webhook_attempts: int = ranged(3, 1, 10)
+    metrics_port: int = ranged(0, 0, 65535, " (0: off)")
     metrics_address: str = "127.0.0.1"
-    unhealthy_after: int = 5
-    resume_jump: Seconds = Seconds(10.0)
+    unhealthy_after: int = ranged(5, 1, 100_000, " polls")
+    resume_jump: Seconds = ranged(Seconds(10.0), 0.01, 86400, " s")
 
     def validate(self) -> None:
         _check(self.root.startswith("/"), "agent.root", "must be an absolute path")
-        _check(0.05 <= self.poll_interval <= 60, "agent.poll_interval", "must be 0.05..60 s")
         _check(
             self.slow_poll_interval >= self.poll_interval,
             "agent.slow_poll_interval",
             "must be >= agent.poll_interval",
         )
-        _check(self.hook_timeout > 0, "agent.hook_timeout", "must be > 0")
         _check(
             self.webhook_url == "" or self.webhook_url.startswith(("http://", "https://")),
             "agent.webhook_url",
             "must be empty or an http URL",
         )
-        _check(1 <= self.webhook_attempts <= 10, "agent.webhook_attempts", "must be 1..10")
-        _check(0 <= self.metrics_port <= 65535, "agent.metrics_port", "must be 0 (off)..65535")
-        _check(self.unhealthy_after >= 1, "agent.unhealthy_after", "must be >= 1")
-        _check(self.resume_jump > 0, "agent.resume_jump", "must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
 class IdleConfig:
     """When the host counts as idle (the RFC's daemon: least idle CPU >= 95 % for 30 s)."""
 
-    cpu_idle_percent: float = 95.0
-    duration: Seconds = Seconds(30.0)
-    max_load: float = 0.0  # 0: ignore the load average
-    max_psi_memory: float = 1.0  # % "some" avg10
-    max_psi_io: float = 5.0
-    max_io_bytes_per_s: Bytes = Bytes(20 << 20)
-
-    def validate(self) -> None:
-        _check(0 < self.cpu_idle_percent <= 100, "idle.cpu_idle_percent", "must be 0..100")
-        _check(self.duration >= 0, "idle.duration", "must be >= 0")
-        _check(self.max_load >= 0, "idle.max_load", "must be >= 0")
-        _check(0 <= self.max_psi_memory <= 100, "idle.max_psi_memory", "must be 0..100")
-        _check(0 <= self.max_psi_io <= 100, "idle.max_psi_io", "must be 0..100")
+    cpu_idle_percent: float = ranged(95.0, 0.01, 100, " %")
+    duration: Seconds = ranged(Seconds(30.0), 0, 7 * 86400, " s")
+    max_load: float = ranged(0.0, 0, 100_000, " (0: ignore the load average)")
+    max_psi_memory: float = ranged(1.0, 0, 100, " %")  # "some" avg10
+    max_psi_io: float = ranged(5.0, 0, 100, " %")
+    max_io_bytes_per_s: Bytes = ranged(Bytes(20 << 20), 0, MAX_BYTES, " bytes/s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,47 +121,49 @@ class ReclaimConfig:
     cgroup_root: str = "/sys/fs/cgroup"
     background: tuple[str, ...] = ("system.slice", "batch.slice")
     protected: tuple[str, ...] = ()
-    step: Bytes = Bytes(128 << 20)
-    step_percent: float = 2.0
-    idle_psi: float = 0.1  # % memory/io "some" avg10 that ends an idle-time stage
-    emergency_psi: float = 20.0
-    light_budget: Seconds = Seconds(60.0)
-    deep_budget: Seconds = Seconds(300.0)
-    write_timeout: Seconds = Seconds(5.0)
+    step: Bytes = ranged(Bytes(128 << 20), 1, 1 << 40, " bytes")
+    step_percent: float = ranged(2.0, 0.01, 100, " %")
+    # % memory/io "some" avg10 that ends an idle-time stage
+    idle_psi: float = ranged(0.1, 0, 100, " %")
+    emergency_psi: float = ranged(20.0, 0, 100, " %")
+    light_budget: Seconds = ranged(Seconds(60.0), 0.01, 86400, " s")
+    deep_budget: Seconds = ranged(Seconds(300.0), 0.01, 86400, " s")
+    write_timeout: Seconds = ranged(Seconds(5.0), 0.01, 600, " s")
     allow_drop_caches: bool = False
-    repeat_after: Seconds = Seconds(600.0)
+    repeat_after: Seconds = ranged(Seconds(600.0), 0, 7 * 86400, " s")
 
     def validate(self) -> None:
         backends = ("auto", "v2", "swap.reclaim", "v1", "drop_caches")
         _check(self.backend in backends, "reclaim.backend", f"must be one of {backends}")
         _check(self.cgroup_root.startswith("/"), "reclaim.cgroup_root", "must be absolute")
-        for name in (*self.background, *self.protected):
-            _check(".." not in Path(name).parts, "reclaim.background", f"bad cgroup {name!r}")
-        _check(self.step > 0, "reclaim.step", "must be > 0")
-        _check(0 < self.step_percent <= 100, "reclaim.step_percent", "must be 0..100")
-        _check(self.idle_psi >= 0, "reclaim.idle_psi", "must be >= 0")
+        for key in ("background", "protected"):
+            for name in getattr(self, key):
+                _check(
+                    name.strip("/") != "" and ".." not in Path(name).parts,
+                    f"reclaim.{key}",
+                    f"bad cgroup {name!r}: a name under reclaim.cgroup_root, without '..'",
+                )
         _check(self.emergency_psi >= self.idle_psi, "reclaim.emergency_psi", "must be >= idle_psi")
-        _check(self.write_timeout > 0, "reclaim.write_timeout", "must be > 0")
 
 
 @dataclass(frozen=True, slots=True)
 class HibernateConfig:
     mode: str = "ec2"  # ec2 | local | none
-    swap_margin: float = 1.1
-    deadline_margin: Seconds = Seconds(20.0)
-    fixed_overhead: Seconds = Seconds(10.0)  # freeze, API call, device suspend
-    swap_bandwidth: Bytes = Bytes(100 << 20)  # bytes/s the image is written at
-    small_image: Bytes = Bytes(0)  # 0: "small" means within 1.2x the kernel's floor
-    pre_hibernate_budget: Seconds = Seconds(5.0)
+    swap_margin: float = ranged(1.1, 1.0, 10, " (x the image)")
+    deadline_margin: Seconds = ranged(Seconds(20.0), 0, 3600, " s")
+    # freeze, API call, device suspend
+    fixed_overhead: Seconds = ranged(Seconds(10.0), 0, 3600, " s")
+    # bytes/s the image is written at
+    swap_bandwidth: Bytes = ranged(Bytes(100 << 20), 1 << 20, 1 << 40, " bytes/s")
+    # 0: "small" means within 1.2x the kernel's floor
+    small_image: Bytes = ranged(Bytes(0), 0, MAX_BYTES, " bytes")
+    pre_hibernate_budget: Seconds = ranged(Seconds(5.0), 0, 600, " s")
     region: str = ""  # "" : from the metadata service
     local_command: tuple[str, ...] = ("systemctl", "hibernate")  # mode local; no shell
     tune_image_size: bool = False  # lower /sys/power/image_size by the clean leftovers
 
     def validate(self) -> None:
         _check(self.mode in ("ec2", "local", "none"), "hibernate.mode", "must be ec2|local|none")
-        _check(self.swap_margin >= 1.0, "hibernate.swap_margin", "must be >= 1.0")
-        _check(self.deadline_margin >= 0, "hibernate.deadline_margin", "must be >= 0")
-        _check(self.swap_bandwidth > 0, "hibernate.swap_bandwidth", "must be > 0")
         _check(len(self.local_command) > 0, "hibernate.local_command", "must name a program")
 
 
@@ -161,7 +177,10 @@ class Config:
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):
-            getattr(self, section.name).validate()
+            values = getattr(self, section.name)
+            _check_ranges(section.name, values)
+            if hasattr(values, "validate"):
+                values.validate()
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -177,33 +196,81 @@ def _check(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(f"{key}: {problem}")
 
 
+def _check_ranges(section: str, values: Any) -> None:
+    """Every numeric key has a range (`ranged`); ``lo <= x <= hi`` is also false for NaN."""
+    for f in dataclasses.fields(values):
+        if "range" in f.metadata:
+            lo, hi, unit = f.metadata["range"]
+            value = getattr(values, f.name)
+            _check(lo <= value <= hi, f"{section}.{f.name}", _allowed(lo, hi, unit, value))
+
+
+def _allowed(lo: float, hi: float, unit: str, value: object) -> str:
+    return f"must be {_number_text(lo)}..{_number_text(hi)}{unit}, got {short(value)}"
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Read `path` (missing default file: defaults), apply environment overrides, validate."""
+    """Read `path` (a missing SPOTGUARD_CONFIG or default file: defaults), apply environment
+    overrides, validate. Every problem is a ConfigError, whatever the file holds."""
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
     chosen = Path(path) if path is not None else Path(env.get("SPOTGUARD_CONFIG", DEFAULT_PATH))
-    if path is not None or chosen.exists():
-        try:
-            raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {chosen} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {chosen}: {exc}") from None
+    raw: dict[str, Any] = {}
+    if path is not None or os.path.lexists(chosen):
+        raw = _read_file(chosen)
     return from_mapping(raw, env)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    where = f"config file {path}"
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start}); TOML is UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a configuration") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    except ValueError:  # tomllib's int() of more digits than Python converts
+        raise ConfigError(f"{where}: {_long_integer(text)}") from None
+
+
+def _long_integer(text: str) -> str:
+    """Name the key of the integer too long to read, as TOML's own error would not."""
+    match = _LONG_DIGITS.search(text)
+    if match is None:
+        return "an integer too long to read"
+    before = text[: match.start()]
+    line = before.count("\n") + 1
+    headers = _HEADER.findall(before)
+    key = before[before.rfind("\n") + 1 :].partition("=")[0].strip()
+    name = f"{headers[-1]}.{key}" if headers else key
+    return f"line {line}: {name}: an integer of {len(match.group())} digits (far out of range)"
 
 
 def from_mapping(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:
     sections = {f.name: f for f in dataclasses.fields(Config)}
     for name, value in raw.items():
         if name not in sections:
-            raise ConfigError(f"unknown section [{name}] (known: {', '.join(sections)})")
+            raise ConfigError(f"unknown section [{name}]{_did_you_mean(name, sections)}")
         if not isinstance(value, dict):
             raise ConfigError(f"[{name}] must be a table")
     values: dict[str, dict[str, Any]] = {name: dict(raw.get(name, {})) for name in sections}
-    for (section, key), text in _env_overrides(env or {}, sections).items():
+    for (section, key), text in env_overrides(env or {}).items():
         values[section][key] = text
     built = {name: _build(name, _section_type(f), values[name]) for name, f in sections.items()}
     return Config(**built).validate()
@@ -214,22 +281,36 @@ def _section_type(f: dataclasses.Field[Any]) -> type[Any]:
     return typing.cast(type[Any], hints[f.name])
 
 
-def _env_overrides(
-    env: Mapping[str, str], sections: Mapping[str, dataclasses.Field[Any]]
-) -> dict[tuple[str, str], str]:
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every variable that sets a key: ``SPOTGUARD_<SECTION>_<KEY>`` and the short forms."""
+    names = {
+        f"{ENV_PREFIX}{section.name}_{key.name}".upper(): (section.name, key.name)
+        for section in dataclasses.fields(Config)
+        for key in dataclasses.fields(_section_type(section))
+    }
+    return names | ENV_ALIASES
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """(section, key) -> text. A ``SPOTGUARD_*`` name that is no key is an error naming the
+    closest one: a typo (``SPOTGUARD_HIBERNATION_MODE``) must not leave the default in force."""
+    known = env_names()
     found: dict[tuple[str, str], str] = {}
     for name, text in env.items():
-        if name in ENV_ALIASES:
-            found[ENV_ALIASES[name]] = text
-            continue
-        if not name.startswith(ENV_PREFIX) or name == "SPOTGUARD_CONFIG":
-            continue
-        rest = name[len(ENV_PREFIX) :].lower()
-        for section in sections:
-            if rest.startswith(section + "_"):
-                found[(section, rest[len(section) + 1 :])] = text
-                break
+        if name in known:
+            found[known[name]] = text
+        elif name.startswith(ENV_PREFIX) and name not in NOT_CONFIG:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.0)
+            hint = f"; did you mean {closest[0]} ({'.'.join(known[closest[0]])})?"
+            raise ConfigError(f"unknown variable {name}{hint if closest else ''}")
     return found
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    ordered = sorted(choices)
+    closest = difflib.get_close_matches(name, ordered, n=1)
+    known = f" (known: {', '.join(ordered)})"
+    return f"; did you mean {closest[0]}?{known}" if closest else known
 
 
 def _build(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
@@ -237,7 +318,7 @@ def _build(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"unknown key {section}.{key} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"unknown key {section}.{key}{_did_you_mean(key, known)}")
     kwargs = {}
     for key, value in values.items():
         try:
@@ -248,35 +329,81 @@ def _build(section: str, cls: type[Any], values: Mapping[str, Any]) -> Any:
 
 
 def _coerce(hint: Any, value: Any) -> Any:
-    """Turn a TOML value or an environment string into the field's type."""
+    """Turn a TOML value or an environment string into the field's type, or say what is allowed.
+
+    Numbers are finite and short (no NaN, no 5,000 digits) before any range check sees them.
+    """
     if hint is Bytes:
-        return parse_bytes(value if isinstance(value, int | str) else str(value))
-    if hint is Seconds:
-        return parse_duration(value if isinstance(value, int | float | str) else str(value))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false"):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise ValueError(f"expected true or false, got {value!r}")
-    if hint is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int | str):
-            raise TypeError(f"expected an integer, got {value!r}")
-        return int(value)
-    if hint is float:
+            raise TypeError(f"expected a size (4096, 256M, 2G), got {short(value)}")
+        return parse_bytes(value)
+    if hint is Seconds:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise TypeError(f"expected a number, got {value!r}")
-        return float(value)
+            raise TypeError(f"expected a duration (30s, 500ms, 2m), got {short(value)}")
+        return parse_duration(value)
+    if hint is bool:
+        return _boolean(value)
+    if hint is int or hint is float:
+        return _number(value, integer=hint is int)
     if hint is str:
         if not isinstance(value, str):
-            raise TypeError(f"expected a string, got {value!r}")
-        return value
+            raise TypeError(f"expected a string, got {short(value)}")
+        return _text(value)
     origin = typing.get_origin(hint)
     if origin is tuple:
         items = (
             [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else value
         )
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise TypeError(f"expected a list of strings, got {value!r}")
-        return tuple(items)
+            raise TypeError(f"expected a list of strings, got {short(value)}")
+        return tuple(_text(i) for i in items)
     raise TypeError(f"unsupported type {hint}")
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower() if isinstance(value, str) else value
+    if word in _TRUE or word == 1:
+        return True
+    if word in _FALSE or word == 0:
+        return False
+    raise ValueError(f"expected one of {'/'.join(_TRUE + _FALSE)}, got {short(value)}")
+
+
+def _number(value: Any, *, integer: bool) -> int | float:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if len(text) > 40:
+                raise ValueError(text)
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise ValueError(f"expected {kind}, got {short(value)}") from None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (integer and isinstance(value, float))
+    ):
+        raise TypeError(f"expected {kind}, got {short(value)}")
+    if integer:
+        return value
+    if isinstance(value, int) and value.bit_length() > 64:  # float() of it overflows
+        raise ValueError(f"expected a number of sensible size, got {short(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {short(value)}")
+    return number
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(f"must not contain a NUL character: {short(value)}")
+    return value

@@ -15,6 +15,7 @@ from spotguard.planner import Phase
 from spotguard.simhost import SimCgroup, SimHost
 from spotguard.simulate import run_simulation
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
+from spotguard.state import StateFile
 from tests.fixtures_aws import MotoServer
 
 
@@ -98,42 +99,40 @@ def test_check_without_metadata_service(
 def test_status_before_and_after_the_agent_ran(
     env: Path, host: SimHost, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["status"]) == 1
+    assert main(["status"]) == 3
     assert "no state" in capsys.readouterr().out
-    env.write_text(
-        json.dumps(
-            {
-                "phase": "emergency",
-                "reason": "spot notice: stop",
-                "healthy": True,
-                "health_problem": "",
-                "idle_since_s": None,
-                "reclaim_running": "emergency",
-                "facts": {
-                    "instance_id": "i-1",
-                    "region": "us-east-1",
-                    "life_cycle": "spot",
-                    "hibernation_configured": True,
-                },
-                "events": [
-                    {
-                        "kind": "spot-interruption",
-                        "id": "x",
-                        "action": "stop",
-                        "deadline": "2026-12-01T10:00:00Z",
-                        "description": "",
-                    }
-                ],
-                "estimate": {
-                    "expected_bytes": 3 << 30,
-                    "floor_bytes": 1 << 29,
-                    "swap_free_bytes": 8 << 30,
-                    "predicted_write_s": 30.7,
-                },
-                "last_reclaim": None,
-                "hibernate_mode": "ec2",
-            }
-        )
+    StateFile(env).write(
+        {
+            "phase": "emergency",
+            "reason": "spot notice: stop",
+            "healthy": True,
+            "health_problem": "",
+            "idle_since_s": None,
+            "reclaim_running": "emergency",
+            "facts": {
+                "instance_id": "i-1",
+                "region": "us-east-1",
+                "life_cycle": "spot",
+                "hibernation_configured": True,
+            },
+            "events": [
+                {
+                    "kind": "spot-interruption",
+                    "id": "x",
+                    "action": "stop",
+                    "deadline": "2026-12-01T10:00:00Z",
+                    "description": "",
+                }
+            ],
+            "estimate": {
+                "expected_bytes": 3 << 30,
+                "floor_bytes": 1 << 29,
+                "swap_free_bytes": 8 << 30,
+                "predicted_write_s": 30.7,
+            },
+            "last_reclaim": None,
+            "hibernate_mode": "ec2",
+        }
     )
     assert main(["status"]) == 0
     table = capsys.readouterr().out

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from spotguard.hostfs import HostFS
+from spotguard.hostfs import HostFileError, HostFS, read_kernel_text
+from spotguard.kernelnum import counter
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.psi import PsiFile
 
@@ -69,6 +70,8 @@ def resolve(fs: HostFS, root: str, name: str) -> str:
 def _errors(path: Path) -> Iterator[None]:
     try:
         yield
+    except HostFileError as exc:  # a directory or a huge file where a cgroup file should be
+        raise CgroupError(str(exc)) from exc
     except OSError as exc:
         if exc.errno in _VANISHED:
             raise CgroupVanished(f"{path.parent} is gone") from exc
@@ -113,12 +116,12 @@ class Cgroup:
     def _read(self, name: str) -> str:
         path = self.file(name)
         with _errors(path):
-            return path.read_text(encoding="ascii", errors="replace")
+            return read_kernel_text(path)
 
     def _read_int(self, name: str) -> int:
         text = self._read(name).strip()
         try:
-            return int(text)
+            return counter(text)
         except ValueError:
             raise CgroupError(f"{self.file(name)}: expected a number, got {text[:40]!r}") from None
 
@@ -133,7 +136,7 @@ class Cgroup:
         for line in self._read("memory.stat").splitlines():
             key, _, value = line.partition(" ")
             with contextlib.suppress(ValueError):
-                found[key] = int(value)
+                found[key] = counter(value)
         return found
 
     def usage(self) -> Usage:

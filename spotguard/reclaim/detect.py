@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import structlog
 
 from spotguard.config import ReclaimConfig
-from spotguard.hostfs import HostFS
-from spotguard.reclaim.cgroup import Cgroup, CgroupError
+from spotguard.hostfs import HostFS, read_kernel_text
+from spotguard.reclaim.cgroup import Cgroup, CgroupError, CgroupPathError
 from spotguard.reclaim.deadline import DEFAULT_SIGNAL, can_interrupt
 from spotguard.reclaim.drop_caches import DROP_CACHES
 from spotguard.reclaim.procfs import ProcFormatError, read_meminfo
@@ -60,15 +60,27 @@ class BackendReport:
         return dataclasses.asdict(self)
 
 
-def memory_root(fs: HostFS, cgroup_root: str) -> tuple[str | None, str]:
-    """(path, hierarchy): the root itself on v2 or a v1 memory mount, else its ``memory/``."""
+def memory_root(
+    fs: HostFS, cgroup_root: str, notes: list[str] | None = None
+) -> tuple[str | None, str]:
+    """(path, hierarchy): the root itself on v2 or a v1 memory mount, else its ``memory/``.
+
+    A ``cgroup.controllers`` that cannot be read (a directory, garbage, too big) is a note and
+    "not this one", never a crash: the agent must start on any host.
+    """
     for candidate in (cgroup_root, f"{cgroup_root.rstrip('/')}/memory"):
         base = fs.path(candidate)
-        if (base / "memory.limit_in_bytes").exists():
+        if (base / "memory.limit_in_bytes").is_file():
             return candidate, "v1"
         controllers = base / "cgroup.controllers"
-        if controllers.exists() and "memory" in controllers.read_text(encoding="ascii").split():
-            return candidate, "v2"
+        try:
+            if "memory" in read_kernel_text(controllers).split():
+                return candidate, "v2"
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if notes is not None:
+                notes.append(f"cannot read {controllers}: {exc.strerror or exc}")
     return None, "none"
 
 
@@ -79,8 +91,8 @@ def detect_backends(
     signum: int = DEFAULT_SIGNAL,
 ) -> BackendReport:
     """Look, and probe ``swappiness=`` with a 0-byte write (it reclaims nothing)."""
-    root, hierarchy = memory_root(fs, config.cgroup_root)
     notes: list[str] = []
+    root, hierarchy = memory_root(fs, config.cgroup_root, notes)
     found = {name: _find(fs, root, file, notes) for name, file in _INTERFACES} if root else {}
     available = [name for name, where in found.items() if where is not None]
     if fs.exists(DROP_CACHES):
@@ -92,7 +104,7 @@ def detect_backends(
     if root is not None and (where := found.get("v2")) is not None:
         try:
             swappiness = probe_swappiness(Cgroup.under(fs, root, where, writer or LibcWriter()))
-        except (OSError, CgroupError) as exc:
+        except (OSError, CgroupError, CgroupPathError) as exc:
             notes.append(f"swappiness probe failed: {exc}")
         if not swappiness:
             notes.append("memory.reclaim has no swappiness=: page cache cannot be taken first")
@@ -139,6 +151,9 @@ def _find(fs: HostFS, root: str, file: str, notes: list[str]) -> str | None:
         path = base / name / file
         if not path.exists():
             continue
+        if not path.is_file():
+            notes.append(f"{path} is not a file")
+            return None
         if os.access(path, os.W_OK):
             return name
         notes.append(f"{path} is not writable (run as root)")

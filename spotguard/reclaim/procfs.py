@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from spotguard.hostfs import HostFS
+from spotguard.kernelnum import counter
+
+# A value above its total is not a kernel that is odd but a file that is wrong; the estimate
+# built on it would call an image small that is not.
+_AT_MOST = (("MemFree", "MemTotal"), ("MemAvailable", "MemTotal"), ("SwapFree", "SwapTotal"))
 
 
 class ProcFormatError(ValueError):
@@ -15,17 +22,23 @@ def read_meminfo(fs: HostFS) -> dict[str, int]:
     try:
         text = fs.read_text(path)
     except OSError as exc:
-        raise ProcFormatError(f"cannot read {path}: {exc.strerror}") from None
+        raise ProcFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
     found: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), 1):
         key, sep, rest = line.partition(":")
         fields = rest.split()
         if not line.strip():
             continue
-        if not sep or not 1 <= len(fields) <= 2 or not fields[0].isdigit():
-            raise ProcFormatError(f"{path} line {number}: cannot parse {line[:80]!r}")
-        scale = 1024 if fields[1:] == ["kB"] else 1
-        found[key.strip()] = int(fields[0]) * scale
+        try:
+            if not sep or not 1 <= len(fields) <= 2:
+                raise ValueError(line)
+            value = counter(fields[0])
+        except ValueError:
+            raise ProcFormatError(f"{path} line {number}: cannot parse {line[:80]!r}") from None
+        found[key.strip()] = value * (1024 if fields[1:] == ["kB"] else 1)
+    for part, whole in _AT_MOST:
+        if part in found and whole in found and found[part] > found[whole]:
+            raise ProcFormatError(f"{path}: {part} {found[part]} exceeds {whole} {found[whole]}")
     return found
 
 
@@ -38,6 +51,6 @@ def read_vmstat(fs: HostFS) -> dict[str, int]:
     found: dict[str, int] = {}
     for line in text.splitlines():
         key, _, value = line.partition(" ")
-        if value.strip().isdigit():
-            found[key] = int(value)
+        with contextlib.suppress(ValueError):
+            found[key] = counter(value)
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spotguard.hostfs import HostFS
+from spotguard.kernelnum import counter
 from spotguard.signals.procfile import ProcFile
 
 # user nice system idle iowait irq softirq steal; guest time is already inside user and nice.
@@ -21,10 +22,13 @@ class CpuIdle:
         """None on the first read, when /proc/stat is missing, or when no CPU has ticked."""
         current = self._ticks()
         previous, self._previous = self._previous, current
+        # A CPU whose counters went back (hotplug, a bad read) says nothing about the interval.
         idle_percents = [
             100.0 * (idle - previous[cpu][0]) / (total - previous[cpu][1])
             for cpu, (idle, total) in current.items()
-            if cpu in previous and total > previous[cpu][1]
+            if cpu in previous
+            and total > previous[cpu][1]
+            and 0 <= idle - previous[cpu][0] <= total - previous[cpu][1]
         ]
         return min(idle_percents, default=None)
 
@@ -37,9 +41,12 @@ class CpuIdle:
             if not (name.startswith("cpu") and name[3:].isdigit()):
                 continue
             fields = rest.split()[:_COUNTED]
-            if len(fields) <= _IOWAIT or not all(f.isdigit() for f in fields):
+            try:
+                if len(fields) <= _IOWAIT:
+                    raise ValueError("too few fields")
+                values = [counter(f) for f in fields]
+            except ValueError:
                 self._file.malformed(line)
                 continue
-            values = [int(f) for f in fields]
             ticks[name] = (values[_IDLE] + values[_IOWAIT], sum(values))
         return ticks

@@ -6,9 +6,12 @@ ram and zram devices are not disks; counting them would double-count or count me
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 
 from spotguard.hostfs import HostFS
+from spotguard.kernelnum import counter
 from spotguard.signals.procfile import ProcFile
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
@@ -45,24 +48,27 @@ class DiskThroughput:
         counted: dict[str, int] = {}
         for line in (text or "").splitlines():
             fields = line.split()
-            if len(fields) <= _WRITTEN or not (
-                fields[_READ].isdigit() and fields[_WRITTEN].isdigit()
-            ):
+            try:
+                if len(fields) <= _WRITTEN:
+                    raise ValueError("too few fields")
+                sectors = counter(fields[_READ]) + counter(fields[_WRITTEN])
+            except ValueError:
                 self._file.malformed(line)
                 continue
-            counted[fields[_NAME]] = (int(fields[_READ]) + int(fields[_WRITTEN])) * SECTOR
+            counted[fields[_NAME]] = sectors * SECTOR
         disks = self._whole_disks(set(counted))
         return {name: value for name, value in counted.items() if name in disks}
 
     def _whole_disks(self, names: set[str]) -> set[str]:
         """Physical disks have a ``device`` link in /sys/block; without sysfs, go by name."""
         sys_block = self._fs.path("/sys/block")
-        if sys_block.is_dir():
+        # No sysfs (or not a directory there): go by the names.
+        with contextlib.suppress(OSError), os.scandir(sys_block) as entries:
             # sysfs spells "/" in a device name as "!" (cciss!c0d0).
             return {
                 entry.name.replace("!", "/")
-                for entry in sys_block.iterdir()
-                if (entry / "device").exists()
+                for entry in entries
+                if os.path.lexists(os.path.join(entry.path, "device"))
             }
         return {
             name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from spotguard.hostfs import HostFS
+from spotguard.kernelnum import average
 from spotguard.signals.procfile import ProcFile
 
 
@@ -15,7 +16,7 @@ class LoadAverage:
         if text is None:
             return None
         try:
-            return float(text.split()[0])
+            return average(text.split()[0])
         except (IndexError, ValueError):
             self._file.malformed(text.strip())
             return None

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import structlog
 
+from spotguard.hostfs import read_kernel_text
+
 log = structlog.get_logger()
 
 
@@ -17,9 +19,14 @@ class ProcFile:
         self._complained = False
 
     def read(self) -> str | None:
+        """The text, or None when the file cannot serve as one (missing, a directory, too big:
+        the reason is logged once, like a bad line)."""
         try:
-            return self.path.read_text(encoding="ascii", errors="replace")
-        except OSError:
+            return read_kernel_text(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.malformed(f"unreadable: {exc.strerror or exc}")
             return None
 
     def malformed(self, line: str) -> None:

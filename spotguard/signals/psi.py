@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spotguard.hostfs import HostFS
+from spotguard.kernelnum import average
 from spotguard.signals import Pressure
 from spotguard.signals.procfile import ProcFile
 
@@ -26,7 +27,7 @@ def parse_psi(text: str, malformed: Callable[[str], None] = lambda line: None) -
         kind, _, rest = line.partition(" ")
         fields = {key: value for key, _, value in (f.partition("=") for f in rest.split())}
         try:
-            avg10 = float(fields["avg10"])
+            avg10 = average(fields["avg10"])
         except (KeyError, ValueError):
             avg10 = None
         if kind in ("some", "full") and avg10 is not None:
