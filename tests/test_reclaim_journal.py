@@ -1,37 +1,69 @@
-"""The v1 limit journal: what survives a crash, and how the next start uses it."""
+"""The v1 limit journal: originals recorded once, owners tracked, restored only when orphaned."""
 
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 
 import structlog
 
-from spotguard.reclaim.journal import JOURNAL_NAME, LimitJournal
+from spotguard.hostfs import HostFS
+from spotguard.owner import ProcessId
+from spotguard.reclaim.journal import JOURNAL_NAME, Entry, LimitJournal
 from spotguard.reclaim.v1 import restore_journal
+from tests.test_owner import dead_owner, pretend_running
 from tests.test_reclaim_support import MIB, FakeHost, FakeKernel
 
+ME = ProcessId.current(HostFS())
+GONE = ProcessId(999_999, 1, "")  # in a fake tree: no such /proc entry, no boot id
 
-def test_record_and_forget(tmp_path: Path) -> None:
+
+def test_the_first_original_is_kept_and_the_entry_lives_while_an_owner_does(
+    tmp_path: Path,
+) -> None:
     journal = LimitJournal(tmp_path / "state")
-    journal.record("/sys/fs/cgroup/memory/a", 100)
-    journal.record("/sys/fs/cgroup/memory/b", 200)
-    assert LimitJournal(tmp_path / "state").pending() == {
-        "/sys/fs/cgroup/memory/a": 100,
-        "/sys/fs/cgroup/memory/b": 200,
-    }
-    journal.forget("/sys/fs/cgroup/memory/a")
-    journal.forget("/sys/fs/cgroup/memory/b")
+    other = ProcessId(ME.pid + 1, 5, ME.boot)
+    assert journal.claim("/m/a", lambda: 8 << 30, ME) == 8 << 30
+    # a second process comes while the limit is lowered: it must not take 3 GiB as original
+    assert journal.claim("/m/a", lambda: 3 << 30, other) == 8 << 30
+    assert LimitJournal(tmp_path / "state").pending() == {"/m/a": Entry(8 << 30, (ME, other))}
+    journal.release("/m/a", ME)
+    assert journal.pending() == {"/m/a": Entry(8 << 30, (other,))}
+    journal.release("/m/a", other)
+    journal.release("/m/a", other)  # twice: nothing left, nothing to do
     assert not (tmp_path / "state" / JOURNAL_NAME).exists()
 
 
 def test_a_corrupt_journal_is_ignored(tmp_path: Path) -> None:
-    (tmp_path / JOURNAL_NAME).write_text("{not json")
-    assert LimitJournal(tmp_path).pending() == {}
-    (tmp_path / JOURNAL_NAME).write_text('["a list"]')
-    assert LimitJournal(tmp_path).pending() == {}
-    (tmp_path / JOURNAL_NAME).write_text('{"/a": "text", "/b": 5}')
-    assert LimitJournal(tmp_path).pending() == {"/b": 5}
+    path = tmp_path / JOURNAL_NAME
+    for text in ("{not json", '["a list"]', "[" * 100_000 + "]" * 100_000):
+        path.write_text(text)
+        assert LimitJournal(tmp_path).pending() == {}
+    path.write_text('{"/a": "text", "/b": 5, "/c": true}')  # the first format: path -> limit
+    assert LimitJournal(tmp_path).pending() == {"/b": Entry(5)}
+    entries = {"/d": {"original": 7, "owners": [{"pid": "x"}]}, "/e": {"original": "7"}}
+    path.write_text(json.dumps({"version": 2, "entries": entries}))
+    assert LimitJournal(tmp_path).pending() == {"/d": Entry(7)}
+
+
+def test_recover_skips_live_owners_drops_older_boots_and_keeps_failures(
+    tmp_path: Path,
+) -> None:
+    journal = LimitJournal(tmp_path)
+    journal.claim("/live", lambda: 1, ME)
+    journal.claim("/dead", lambda: 2, dead_owner())
+    journal.claim("/old-boot", lambda: 3, ProcessId(1, 1, "another-boot"))
+    journal.claim("/fails", lambda: 4, dead_owner())
+    restored: list[tuple[str, int]] = []
+
+    def restore(key: str, original: int) -> bool:
+        restored.append((key, original))
+        return key != "/fails"
+
+    journal.recover(HostFS(), restore)
+    assert sorted(restored) == [("/dead", 2), ("/fails", 4)]
+    assert sorted(journal.pending()) == ["/fails", "/live"]
 
 
 def test_restore_puts_limits_back_and_refuses_paths_outside_the_root(tmp_path: Path) -> None:
@@ -39,9 +71,8 @@ def test_restore_puts_limits_back_and_refuses_paths_outside_the_root(tmp_path: P
     host.add("a", file=MIB)
     host.put(f"{host.cgroup_root}/a/memory.limit_in_bytes", f"{64 * MIB}\n")
     journal = LimitJournal(tmp_path / "state")
-    journal.record(f"{host.cgroup_root}/a", 1 << 40)
-    journal.record(f"{host.cgroup_root}/gone", 1 << 40)
-    journal.record("/etc/passwd", 1 << 40)
+    for path in (f"{host.cgroup_root}/a", f"{host.cgroup_root}/gone", "/etc/passwd"):
+        journal.claim(path, lambda: 1 << 40, GONE)
     kernel = FakeKernel(host)
     with structlog.testing.capture_logs() as logs:
         restore_journal(journal, host.fs, host.cgroup_root, kernel)
@@ -51,11 +82,22 @@ def test_restore_puts_limits_back_and_refuses_paths_outside_the_root(tmp_path: P
     assert [e["event"] for e in logs] == ["reclaim.journal_outside_root", "reclaim.limit_restored"]
 
 
+def test_restore_leaves_a_live_owners_entry_alone(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", v1=True)
+    host.add("a", file=MIB)
+    journal = LimitJournal(tmp_path / "state")
+    journal.claim(f"{host.cgroup_root}/a", lambda: 1 << 40, pretend_running(host.fs, 4242))
+    kernel = FakeKernel(host)
+    restore_journal(journal, host.fs, host.cgroup_root, kernel)
+    assert kernel.writes == []
+    assert list(journal.pending()) == [f"{host.cgroup_root}/a"]
+
+
 def test_a_failed_restore_stays_in_the_journal_for_next_time(tmp_path: Path) -> None:
     host = FakeHost(tmp_path / "root", v1=True)
     host.add("a", file=MIB)
     journal = LimitJournal(tmp_path / "state")
-    journal.record(f"{host.cgroup_root}/a", 1 << 40)
+    journal.claim(f"{host.cgroup_root}/a", lambda: 1 << 40, GONE)
     kernel = FakeKernel(host, fail={"memory.limit_in_bytes": OSError(errno.EIO, "I/O error")})
     restore_journal(journal, host.fs, host.cgroup_root, kernel)
-    assert journal.pending() == {f"{host.cgroup_root}/a": 1 << 40}
+    assert [e.original for e in journal.pending().values()] == [1 << 40]
