@@ -137,10 +137,10 @@ class HoldingWriter(LibcWriter):
 
     def write(self, path: Path, data: str) -> None:
         super().write(path, data)
-        if path.name == "memory.limit_in_bytes" and data != str(ORIGINAL):
-            if not self.lowered.is_set():
-                self.lowered.set()
-                assert self.go.wait(60)
+        lowering = path.name == "memory.limit_in_bytes" and data != str(ORIGINAL)
+        if lowering and not self.lowered.is_set():
+            self.lowered.set()
+            assert self.go.wait(60)
 
 
 def test_the_agent_and_spotguard_reclaim_take_turns_on_one_cgroup(
@@ -238,7 +238,7 @@ def test_a_reclaim_killed_mid_stage_is_undone_by_the_next_start(
     crashed.communicate()
     assert limit(sandbox) < ORIGINAL  # nobody put it back: the process died mid-stage
     cli = spotguard_reclaim(sandbox, state, "--cgroup", "work")
-    out, err = cli.communicate(timeout=120)
+    _, err = cli.communicate(timeout=120)
     assert cli.returncode == 0, err
     assert limit(sandbox) == ORIGINAL
     assert LimitJournal(state).pending() == {}
@@ -262,6 +262,7 @@ def test_an_emergency_stops_a_persons_reclaim_and_runs(sandbox: Sandbox, tmp_pat
     cli = spotguard_reclaim(sandbox, state, "--cgroup", "work")  # ...and one that finds it busy
     out, err = cli.communicate(timeout=60)
     assert cli.returncode == 3, err
+    assert "busy" in out.splitlines()[-1]
     assert f"another reclaim holds {state / 'reclaim.lock'}: pid {os.getpid()}" in err
     assert "add --wait" in err
     holder.release()
@@ -271,7 +272,7 @@ def test_an_emergency_stops_a_persons_reclaim_and_runs(sandbox: Sandbox, tmp_pat
     while person.poll() is None and lock.holder() is None:
         threading.Event().wait(0.01)
     result = agent.reclaim(ReclaimRequest(Intensity.EMERGENCY, 30.0), threading.Event())
-    out, err = person.communicate(timeout=60)
+    _, err = person.communicate(timeout=60)
     assert result.stop_reason != "busy"
     assert person.returncode in (0, 4), err  # 4: it was told to stop; 0: it was done first
     assert limit(sandbox) == ORIGINAL
