@@ -51,9 +51,9 @@ class HibernatorFactory:
         )
 
 
-def agent_reclaimer(inner: Reclaimer, config: Config, fs: HostFS, clock: Clock) -> Reclaimer:
+def agent_reclaimer(inner: Reclaimer, config: Config, clock: Clock) -> Reclaimer:
     """One reclaim at a time per host: the agent shares the lock with `spotguard reclaim`."""
-    lock = HostLock(state_dir(config), fs)
+    lock = HostLock(state_dir(config))
     return ExclusiveReclaimer(inner, lock, clock, role="agent", policy=agent_policy)
 
 
@@ -91,7 +91,6 @@ def build_agent(
                 fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
             ),
             config,
-            fs,
             clock,
         ),
         hibernator_for=HibernatorFactory(config, fs),

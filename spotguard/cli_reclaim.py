@@ -106,7 +106,7 @@ def run_reclaim(args: argparse.Namespace) -> int:
     except CgroupPathError as exc:
         print(f"spotguard: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    lock = HostLock(state_dir, fs)
+    lock = HostLock(state_dir)
     wait = Wait.WAIT if args.wait else Wait.SKIP
     reclaimer = ExclusiveReclaimer(engine, lock, clock, role="reclaim", policy=lambda _: wait)
     request = ReclaimRequest(

@@ -35,11 +35,12 @@ class Holder:
 
 
 class HostLock:
-    """Not re-entrant, not shared between threads: each user opens its own."""
+    """Not re-entrant, not shared between threads: each user opens its own. Holders are real
+    processes, looked up in the real /proc (`procs`) even behind a root prefix."""
 
-    def __init__(self, state_dir: Path, fs: HostFS) -> None:
+    def __init__(self, state_dir: Path, procs: HostFS | None = None) -> None:
         self.path = state_dir / LOCK_NAME
-        self._fs = fs
+        self._fs = procs or HostFS()
         self._fd: int | None = None
 
     def try_acquire(self, role: str, now: float) -> bool:

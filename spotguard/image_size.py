@@ -14,7 +14,6 @@ from pathlib import Path
 import structlog
 
 from spotguard.hostfs import HostFS
-from spotguard.owner import ProcessId
 from spotguard.reclaim.journal import OriginalsJournal
 
 IMAGE_SIZE = "/sys/power/image_size"
@@ -23,11 +22,16 @@ log = structlog.get_logger()
 
 
 class ImageSizeControl:
-    """`state_dir` None keeps the original in memory only (tests of other parts)."""
+    """`state_dir` None keeps the original in memory only (tests of other parts); `procs` is
+    where the journal looks its owners up (the real /proc unless a test says otherwise)."""
 
-    def __init__(self, fs: HostFS, state_dir: Path | None = None) -> None:
+    def __init__(
+        self, fs: HostFS, state_dir: Path | None = None, procs: HostFS | None = None
+    ) -> None:
         self._fs = fs
-        self._journal = None if state_dir is None else OriginalsJournal(state_dir / JOURNAL_NAME)
+        self._journal = (
+            None if state_dir is None else OriginalsJournal(state_dir / JOURNAL_NAME, procs)
+        )
         self._saved: int | None = None
 
     def lower(self, target_bytes: int) -> None:
@@ -54,7 +58,7 @@ class ImageSizeControl:
         self._saved = None
         if self._journal is not None:
             try:
-                self._journal.release(IMAGE_SIZE, ProcessId.current(self._fs))
+                self._journal.release(IMAGE_SIZE)
             except OSError as exc:  # the value is back; the next start drops the entry
                 log.warning("image_size.journal_failed", error=str(exc))
 
@@ -69,13 +73,13 @@ class ImageSizeControl:
             log.info("image_size.restored", to_bytes=original, left_by="a previous run")
             return True
 
-        self._journal.recover(self._fs, put_back)
+        self._journal.recover(put_back)
 
     def _claim(self) -> int:
         """The value to put back: the journal's, if a dead agent left it lowered meanwhile."""
         if self._journal is None:
             return self._read()
-        return self._journal.claim(IMAGE_SIZE, self._read, ProcessId.current(self._fs))
+        return self._journal.claim(IMAGE_SIZE, self._read)
 
     def _read(self) -> int:
         return int(self._fs.path(IMAGE_SIZE).read_text(encoding="ascii").strip())

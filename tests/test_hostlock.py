@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from spotguard.clock import SystemClock
-from spotguard.hostfs import HostFS
 from spotguard.hostlock import HostLock
 from spotguard.reclaim.api import Intensity, ProgressFn, ReclaimRequest, ReclaimResult
 from spotguard.reclaim.exclusive import ExclusiveReclaimer, Wait, agent_policy
@@ -24,9 +23,8 @@ from spotguard.reclaim.exclusive import ExclusiveReclaimer, Wait, agent_policy
 HOLDER = """
 import signal, sys, time
 from pathlib import Path
-from spotguard.hostfs import HostFS
 from spotguard.hostlock import HostLock
-lock = HostLock(Path(sys.argv[1]), HostFS())
+lock = HostLock(Path(sys.argv[1]))
 assert lock.try_acquire(sys.argv[2], time.time())
 def stop(*_):
     lock.release()
@@ -79,14 +77,14 @@ def exclusive(
         else:
             kills.append((pid, signum))
 
-    lock = HostLock(state, HostFS())
+    lock = HostLock(state)
     return ExclusiveReclaimer(
         inner, lock, SystemClock(), role="agent", policy=lambda _: policy, kill=kill
     )
 
 
 def test_one_holder_at_a_time_and_who_it_is(tmp_path: Path) -> None:
-    first, second = HostLock(tmp_path, HostFS()), HostLock(tmp_path, HostFS())
+    first, second = HostLock(tmp_path), HostLock(tmp_path)
     assert second.holder() is None
     assert first.try_acquire("reclaim", time.time())
     assert not second.try_acquire("agent", time.time())  # flock: per open file, same process
@@ -104,7 +102,7 @@ def test_one_holder_at_a_time_and_who_it_is(tmp_path: Path) -> None:
 
 
 def test_a_killed_holder_frees_the_lock(tmp_path: Path) -> None:
-    lock = HostLock(tmp_path, HostFS())
+    lock = HostLock(tmp_path)
     with holder_process(tmp_path, "reclaim") as proc:
         assert not lock.try_acquire("agent", time.time())
         proc.kill()
@@ -130,7 +128,7 @@ def test_wait_takes_the_lock_when_it_is_freed_and_spends_the_budget_waiting(
     tmp_path: Path,
 ) -> None:
     inner = Recorder()
-    other = HostLock(tmp_path, HostFS())
+    other = HostLock(tmp_path)
     assert other.try_acquire("reclaim", time.time())
     threading.Timer(0.4, other.release).start()
     result = exclusive(tmp_path, inner, Wait.WAIT).reclaim(
@@ -138,12 +136,12 @@ def test_wait_takes_the_lock_when_it_is_freed_and_spends_the_budget_waiting(
     )
     assert result.stop_reason == "complete"
     assert [r.budget_s < 9.7 for r in inner.requests] == [True]
-    assert HostLock(tmp_path, HostFS()).try_acquire("agent", time.time())  # released after
+    assert HostLock(tmp_path).try_acquire("agent", time.time())  # released after
 
 
 def test_wait_gives_up_at_the_budget_or_on_cancel(tmp_path: Path) -> None:
     inner = Recorder()
-    other = HostLock(tmp_path, HostFS())
+    other = HostLock(tmp_path)
     assert other.try_acquire("agent", time.time())
     began = time.monotonic()
     result = exclusive(tmp_path, inner, Wait.WAIT).reclaim(
@@ -189,7 +187,7 @@ def test_the_lock_is_released_when_the_reclaim_fails(tmp_path: Path) -> None:
         exclusive(tmp_path, Recorder(fail=True), Wait.SKIP).reclaim(
             ReclaimRequest(Intensity.DEEP, 1.0), threading.Event()
         )
-    assert HostLock(tmp_path, HostFS()).try_acquire("agent", time.time())
+    assert HostLock(tmp_path).try_acquire("agent", time.time())
 
 
 def test_preempt_survives_a_holder_that_is_gone_by_then(tmp_path: Path) -> None:
@@ -197,7 +195,7 @@ def test_preempt_survives_a_holder_that_is_gone_by_then(tmp_path: Path) -> None:
         raise ProcessLookupError(3, "No such process")
 
     inner = Recorder()
-    lock = HostLock(tmp_path, HostFS())
+    lock = HostLock(tmp_path)
     with holder_process(tmp_path, "reclaim"):
         reclaimer = ExclusiveReclaimer(
             inner, lock, SystemClock(), role="agent", policy=agent_policy, kill=refuse

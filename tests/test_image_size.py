@@ -9,7 +9,8 @@ from pathlib import Path
 from spotguard.hostfs import HostFS
 from spotguard.image_size import IMAGE_SIZE, JOURNAL_NAME, ImageSizeControl
 from spotguard.reclaim.journal import OriginalsJournal
-from tests.test_owner import pretend_running
+from tests.test_owner import dead_owner
+from tests.test_reclaim_journal import leave
 
 
 def tree(tmp_path: Path, value: str | None) -> HostFS:
@@ -48,33 +49,34 @@ def test_missing_or_garbled_file_is_left_alone(tmp_path: Path) -> None:
     assert fs.read_text(IMAGE_SIZE) == "lots\n"
 
 
-def test_the_original_survives_a_crash_and_a_later_lowering(tmp_path: Path) -> None:
-    fs = tree(tmp_path / "root", "858993459\n")
+def test_a_value_a_dead_agent_left_lowered_goes_back_at_the_next_start(tmp_path: Path) -> None:
+    fs = tree(tmp_path / "root", f"{300 << 20}\n")
     state = tmp_path / "state"
-    crashed = ImageSizeControl(fs, state)
-    crashed.lower(300 << 20)  # then the agent dies before the resume
-    assert OriginalsJournal(state / JOURNAL_NAME).pending()[IMAGE_SIZE].original == 858993459
-    # in this fake tree no /proc says the owner runs: the next start puts the value back
+    leave(state / JOURNAL_NAME, {IMAGE_SIZE: (858993459, [dead_owner()])})
     ImageSizeControl(fs, state).recover()
     assert fs.read_text(IMAGE_SIZE).strip() == "858993459"
     assert OriginalsJournal(state / JOURNAL_NAME).pending() == {}
-    # a journalled original wins over a value some other process lowered meanwhile
-    ImageSizeControl(fs, state).lower(300 << 20)
-    fs.path(IMAGE_SIZE).write_text(f"{400 << 20}\n")
-    second = ImageSizeControl(fs, state)
-    second.lower(200 << 20)
-    second.restore()
+
+
+def test_a_journalled_original_wins_over_the_live_lowered_value(tmp_path: Path) -> None:
+    fs = tree(tmp_path / "root", f"{400 << 20}\n")
+    state = tmp_path / "state"
+    leave(state / JOURNAL_NAME, {IMAGE_SIZE: (858993459, [dead_owner()])})
+    control = ImageSizeControl(fs, state)
+    control.lower(200 << 20)  # before any recover: the 400 MiB seen is someone's lowering
+    assert OriginalsJournal(state / JOURNAL_NAME).pending()[IMAGE_SIZE].original == 858993459
+    control.restore()
     assert fs.read_text(IMAGE_SIZE).strip() == "858993459"
+    assert not (state / JOURNAL_NAME).exists()
 
 
-def test_a_live_owners_value_is_left_alone_and_restore_clears_the_journal(
-    tmp_path: Path,
-) -> None:
+def test_a_live_owners_value_is_left_alone(tmp_path: Path) -> None:
     fs = tree(tmp_path / "root", "858993459\n")
-    pretend_running(fs, os.getpid(), start=4321, boot="")
     state = tmp_path / "state"
     running = ImageSizeControl(fs, state)
     running.lower(300 << 20)
+    entry = OriginalsJournal(state / JOURNAL_NAME).pending()[IMAGE_SIZE]
+    assert [o.pid for o in entry.owners] == [os.getpid()]
     ImageSizeControl(fs, state).recover()  # e.g. `spotguard hibernate` while the agent runs
     assert fs.read_text(IMAGE_SIZE) == f"{300 << 20}\n"
     running.restore()

@@ -6,12 +6,27 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from spotguard.hostfs import HostFS
 from spotguard.owner import BOOT_ID, ProcessId
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@contextmanager
+def running_owner() -> Iterator[ProcessId]:
+    """The identity of a real process that runs for as long as the block does."""
+    proc = subprocess.Popen(SLEEPER)
+    try:
+        owner = ProcessId.of(HostFS(), proc.pid)
+        assert owner is not None
+        yield owner
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def dead_owner() -> ProcessId:

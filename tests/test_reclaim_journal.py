@@ -12,27 +12,37 @@ from spotguard.hostfs import HostFS
 from spotguard.owner import ProcessId
 from spotguard.reclaim.journal import JOURNAL_NAME, Entry, LimitJournal
 from spotguard.reclaim.v1 import restore_journal
-from tests.test_owner import dead_owner, pretend_running
+from tests.test_owner import dead_owner, running_owner
 from tests.test_reclaim_support import MIB, FakeHost, FakeKernel
 
 ME = ProcessId.current(HostFS())
-GONE = ProcessId(999_999, 1, "")  # in a fake tree: no such /proc entry, no boot id
+
+
+def leave(path: Path, entries: dict[str, tuple[int, list[ProcessId]]]) -> None:
+    """A journal as other processes (live, dead, of another boot) would have left it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        key: {"original": original, "owners": [o.to_dict() for o in owners]}
+        for key, (original, owners) in entries.items()
+    }
+    path.write_text(json.dumps({"version": 2, "entries": data}))
 
 
 def test_the_first_original_is_kept_and_the_entry_lives_while_an_owner_does(
     tmp_path: Path,
 ) -> None:
     journal = LimitJournal(tmp_path / "state")
-    other = ProcessId(ME.pid + 1, 5, ME.boot)
-    assert journal.claim("/m/a", lambda: 8 << 30, ME) == 8 << 30
-    # a second process comes while the limit is lowered: it must not take 3 GiB as original
-    assert journal.claim("/m/a", lambda: 3 << 30, other) == 8 << 30
-    assert LimitJournal(tmp_path / "state").pending() == {"/m/a": Entry(8 << 30, (ME, other))}
-    journal.release("/m/a", ME)
-    assert journal.pending() == {"/m/a": Entry(8 << 30, (other,))}
-    journal.release("/m/a", other)
-    journal.release("/m/a", other)  # twice: nothing left, nothing to do
+    assert journal.claim("/m/a", lambda: 8 << 30) == 8 << 30
+    assert journal.claim("/m/a", lambda: 3 << 30) == 8 << 30  # a lowered value never wins
+    journal.release("/m/a")
     assert not (tmp_path / "state" / JOURNAL_NAME).exists()
+    # another process lowered it and still works on it: its original is ours too
+    with running_owner() as other:
+        leave(journal.path, {"/m/a": (8 << 30, [dead_owner(), other])})
+        assert journal.claim("/m/a", lambda: 3 << 30) == 8 << 30
+        assert [o.pid for o in journal.pending()["/m/a"].owners][1:] == [other.pid, ME.pid]
+        journal.release("/m/a")  # the dead owner goes too: its lowering is undone as well
+        assert journal.pending() == {"/m/a": Entry(8 << 30, (other,))}
 
 
 def test_a_corrupt_journal_is_ignored(tmp_path: Path) -> None:
@@ -51,17 +61,23 @@ def test_recover_skips_live_owners_drops_older_boots_and_keeps_failures(
     tmp_path: Path,
 ) -> None:
     journal = LimitJournal(tmp_path)
-    journal.claim("/live", lambda: 1, ME)
-    journal.claim("/dead", lambda: 2, dead_owner())
-    journal.claim("/old-boot", lambda: 3, ProcessId(1, 1, "another-boot"))
-    journal.claim("/fails", lambda: 4, dead_owner())
+    gone = dead_owner()
+    leave(
+        journal.path,
+        {
+            "/live": (1, [gone, ME]),
+            "/dead": (2, [gone]),
+            "/old-boot": (3, [ProcessId(1, 1, "another-boot")]),
+            "/fails": (4, [gone]),
+        },
+    )
     restored: list[tuple[str, int]] = []
 
     def restore(key: str, original: int) -> bool:
         restored.append((key, original))
         return key != "/fails"
 
-    journal.recover(HostFS(), restore)
+    journal.recover(restore)
     assert sorted(restored) == [("/dead", 2), ("/fails", 4)]
     assert sorted(journal.pending()) == ["/fails", "/live"]
 
@@ -71,22 +87,26 @@ def test_restore_puts_limits_back_and_refuses_paths_outside_the_root(tmp_path: P
     host.add("a", file=MIB)
     host.put(f"{host.cgroup_root}/a/memory.limit_in_bytes", f"{64 * MIB}\n")
     journal = LimitJournal(tmp_path / "state")
-    for path in (f"{host.cgroup_root}/a", f"{host.cgroup_root}/gone", "/etc/passwd"):
-        journal.claim(path, lambda: 1 << 40, GONE)
+    gone = [dead_owner()]
+    paths = (f"{host.cgroup_root}/a", f"{host.cgroup_root}/gone", "/etc/passwd")
+    leave(journal.path, dict.fromkeys(paths, (1 << 40, gone)))
     kernel = FakeKernel(host)
     with structlog.testing.capture_logs() as logs:
         restore_journal(journal, host.fs, host.cgroup_root, kernel)
     assert host.read(f"{host.cgroup_root}/a/memory.limit_in_bytes").strip() == str(1 << 40)
     assert kernel.writes == [("a/memory.limit_in_bytes", str(1 << 40))]
     assert journal.pending() == {}
-    assert [e["event"] for e in logs] == ["reclaim.journal_outside_root", "reclaim.limit_restored"]
+    assert sorted(e["event"] for e in logs) == [
+        "reclaim.journal_outside_root",
+        "reclaim.limit_restored",
+    ]
 
 
 def test_restore_leaves_a_live_owners_entry_alone(tmp_path: Path) -> None:
     host = FakeHost(tmp_path / "root", v1=True)
     host.add("a", file=MIB)
     journal = LimitJournal(tmp_path / "state")
-    journal.claim(f"{host.cgroup_root}/a", lambda: 1 << 40, pretend_running(host.fs, 4242))
+    leave(journal.path, {f"{host.cgroup_root}/a": (1 << 40, [ME])})
     kernel = FakeKernel(host)
     restore_journal(journal, host.fs, host.cgroup_root, kernel)
     assert kernel.writes == []
@@ -97,7 +117,7 @@ def test_a_failed_restore_stays_in_the_journal_for_next_time(tmp_path: Path) -> 
     host = FakeHost(tmp_path / "root", v1=True)
     host.add("a", file=MIB)
     journal = LimitJournal(tmp_path / "state")
-    journal.claim(f"{host.cgroup_root}/a", lambda: 1 << 40, GONE)
+    leave(journal.path, {f"{host.cgroup_root}/a": (1 << 40, [dead_owner()])})
     kernel = FakeKernel(host, fail={"memory.limit_in_bytes": OSError(errno.EIO, "I/O error")})
     restore_journal(journal, host.fs, host.cgroup_root, kernel)
     assert [e.original for e in journal.pending().values()] == [1 << 40]

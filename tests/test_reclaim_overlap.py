@@ -156,7 +156,7 @@ def test_the_agent_and_spotguard_reclaim_take_turns_on_one_cgroup(
     )
     writer = HoldingWriter()
     engine = StagedReclaimer(HostFS(), config.reclaim, SystemClock(), state, writer=writer)
-    agent = agent_reclaimer(engine, config, HostFS(), SystemClock())
+    agent = agent_reclaimer(engine, config, SystemClock())
     absolute = str(sandbox.root / "work")
     waited = 0
     for round_ in range(8):
@@ -185,7 +185,7 @@ def test_the_agent_and_spotguard_reclaim_take_turns_on_one_cgroup(
         else:
             writer.go.set()
             cli = spotguard_reclaim(sandbox, state, "--cgroup", name, "--wait")
-            lock = HostLock(state, HostFS())
+            lock = HostLock(state)
             while cli.poll() is None and (lock.holder() is None):
                 threading.Event().wait(0.01)
             agent_thread.start()
@@ -251,13 +251,9 @@ def test_an_emergency_stops_a_persons_reclaim_and_runs(sandbox: Sandbox, tmp_pat
         agent=AgentConfig(root="/", state_file=str(state / "state.json")),
         reclaim=reclaim_config(sandbox),
     )
-    agent = agent_reclaimer(
-        StagedReclaimer(HostFS(), config.reclaim, SystemClock(), state),
-        config,
-        HostFS(),
-        SystemClock(),
-    )
-    holder = HostLock(state, HostFS())
+    engine = StagedReclaimer(HostFS(), config.reclaim, SystemClock(), state)
+    agent = agent_reclaimer(engine, config, SystemClock())
+    holder = HostLock(state)
     assert holder.try_acquire("reclaim", 0.0)  # a person's reclaim that holds the host...
     cli = spotguard_reclaim(sandbox, state, "--cgroup", "work")  # ...and one that finds it busy
     out, err = cli.communicate(timeout=60)
@@ -268,7 +264,7 @@ def test_an_emergency_stops_a_persons_reclaim_and_runs(sandbox: Sandbox, tmp_pat
     holder.release()
     sandbox.workload("work", file_mib=FILE_MIB)
     person = spotguard_reclaim(sandbox, state, "--cgroup", "work", "--bytes", "max")
-    lock = HostLock(state, HostFS())
+    lock = HostLock(state)
     while person.poll() is None and lock.holder() is None:
         threading.Event().wait(0.01)
     result = agent.reclaim(ReclaimRequest(Intensity.EMERGENCY, 30.0), threading.Event())

@@ -42,11 +42,17 @@ class Entry:
 
 
 class OriginalsJournal:
-    """One JSON file of key -> Entry; every change is made under an flock of its own."""
+    """One JSON file of key -> Entry; every change is made under an flock of its own.
 
-    def __init__(self, path: Path) -> None:
+    Owners are looked up in `procs`, the real /proc by default: the journal lives in the real
+    state dir and its owners are real processes, even when the host tree under control is a
+    fake one behind a root prefix (simulate, tests).
+    """
+
+    def __init__(self, path: Path, procs: HostFS | None = None) -> None:
         self.path = path
         self._lock_path = path.with_suffix(".lock")
+        self._procs = procs or HostFS()
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -76,11 +82,12 @@ class OriginalsJournal:
         entries = {k: _entry(v) for k, v in raw.items() if isinstance(k, str)}
         return {k: v for k, v in entries.items() if v is not None}
 
-    def claim(self, key: str, current: Callable[[], int], owner: ProcessId) -> int:
+    def claim(self, key: str, current: Callable[[], int]) -> int:
         """The original to restore `key` to: the one recorded, else `current()`, now recorded.
-        `owner` joins the entry's owners, so nobody restores it while we still work on it.
+        This process joins the entry's owners, so nobody restores it while we work on it.
         `current` is read under the lock: a value read before it could be one another process
         lowered and has since put back and forgotten."""
+        owner = ProcessId.current(self._procs)
         with self.locked():
             entries = self.pending()
             found = entries.get(key)
@@ -91,31 +98,33 @@ class OriginalsJournal:
                 self._save(entries)
             return original
 
-    def release(self, key: str, owner: ProcessId) -> None:
-        """We put `key` back: drop us from its owners, and the entry when none is left."""
+    def release(self, key: str) -> None:
+        """We put `key` back to its original: drop us from its owners, and any dead ones (what
+        they left lowered is back too), and the entry when no owner is left."""
+        owner = ProcessId.current(self._procs)
         with self.locked():
             entries = self.pending()
             found = entries.get(key)
             if found is None:
                 return
-            owners = tuple(o for o in found.owners if o != owner)
+            owners = tuple(o for o in found.owners if o != owner and o.alive(self._procs))
             if owners:
                 entries[key] = Entry(found.original, owners)
             else:
                 del entries[key]
             self._save(entries)
 
-    def recover(self, fs: HostFS, restore: Callable[[str, int], bool]) -> None:
+    def recover(self, restore: Callable[[str, int], bool]) -> None:
         """Put back every entry no live process holds; `restore` says whether it worked (an
         entry that failed stays for next time). Under the lock, so no one claims meanwhile."""
         with self.locked():
             entries = self.pending()
             left = dict(entries)
             for key, entry in entries.items():
-                if not entry.orphaned(fs):
+                if not entry.orphaned(self._procs):
                     log.info("reclaim.journal_entry_live", key=key, owners=_pids(entry))
                     continue
-                if entry.from_older_boot(fs):
+                if entry.from_older_boot(self._procs):
                     log.info("reclaim.journal_entry_stale", key=key, owners=_pids(entry))
                     del left[key]
                 elif restore(key, entry.original):
@@ -147,8 +156,8 @@ class OriginalsJournal:
 class LimitJournal(OriginalsJournal):
     """cgroup v1 host path -> its memory.limit_in_bytes before we lowered it."""
 
-    def __init__(self, state_dir: Path) -> None:
-        super().__init__(state_dir / JOURNAL_NAME)
+    def __init__(self, state_dir: Path, procs: HostFS | None = None) -> None:
+        super().__init__(state_dir / JOURNAL_NAME, procs)
 
 
 def _entry(raw: object) -> Entry | None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import structlog
 
 from spotguard.hostfs import HostFS
-from spotguard.owner import ProcessId
 from spotguard.reclaim.backend import Phase, StepOutcome
 from spotguard.reclaim.cgroup import PAGE, Cgroup, CgroupError, CgroupPathError, CgroupVanished
 from spotguard.reclaim.journal import LimitJournal
@@ -43,15 +42,14 @@ class V1LimitBackend:
     def stage(self, target: Cgroup) -> Iterator[None]:
         """The original comes from the journal when someone else lowered the limit first: the
         live value may be their lowered one, and restoring that would cap the workload."""
-        owner = ProcessId.current(target.fs)
-        original = self._journal.claim(target.path, target.limit, owner)
+        original = self._journal.claim(target.path, target.limit)
         self._originals[target.path] = original
         try:
             yield
         finally:
             del self._originals[target.path]
             restore_limit(target, original, self._restore_writer)
-            self._journal.release(target.path, owner)
+            self._journal.release(target.path)
 
     def step(self, target: Cgroup, nbytes: int, phase: Phase) -> StepOutcome:
         original = self._originals[target.path]
@@ -102,4 +100,4 @@ def restore_journal(journal: LimitJournal, fs: HostFS, root: str, writer: FileWr
             return False
         return True
 
-    journal.recover(fs, restore)
+    journal.recover(restore)
