@@ -164,7 +164,10 @@ def verdict(
             f"{request.budget_s:g} s spent"
         )
     if reason == "cancelled":
-        return EXIT_STOPPED, "cancelled (SIGINT/SIGTERM); every limit lowered was put back"
+        return EXIT_STOPPED, (
+            "cancelled by a signal (Ctrl-C, or SIGTERM: the agent sends it when an interruption "
+            "needs the host); every limit lowered was put back"
+        )
     if reason == "no-targets":
         return EXIT_STOPPED, f"nothing to reclaim: {_no_targets(request, config, report)}"
     pressured = [s for s in result.stages if s.stop_reason == "pressure"]

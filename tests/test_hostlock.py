@@ -203,3 +203,13 @@ def test_preempt_survives_a_holder_that_is_gone_by_then(tmp_path: Path) -> None:
         result = reclaimer.reclaim(ReclaimRequest(Intensity.EMERGENCY, 0.3), threading.Event())
     assert result.stop_reason == "busy"
     assert inner.requests == []
+
+
+def test_a_lock_that_cannot_be_opened_does_not_stop_the_reclaim(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    inner = Recorder()
+    result = exclusive(tmp_path / "file" / "state", inner, Wait.SKIP).reclaim(
+        ReclaimRequest(Intensity.EMERGENCY, 1.0), threading.Event()
+    )
+    assert result.stop_reason == "complete"
+    assert len(inner.requests) == 1

@@ -89,7 +89,7 @@ class ExclusiveReclaimer:
         policy = self._policy(request.intensity)
         deadline = started + request.budget_s
         announced = asked = False
-        while not self._lock.try_acquire(self._role, self._clock.wall()):
+        while not self._try_acquire():
             holder = self._lock.holder()
             if not announced:
                 announced = True
@@ -111,6 +111,16 @@ class ExclusiveReclaimer:
                     log.warning("reclaim.lock_preempt_failed", error=str(exc))
             cancel.wait(min(POLL_S, left))
         return None
+
+    def _try_acquire(self) -> bool:
+        """A lock file we cannot open (state dir missing, read-only) must not stop an emergency
+        reclaim: go on without it; the v1 journal, in the same dir, then refuses to lower
+        limits it cannot record, so only backends that need no journal still run."""
+        try:
+            return self._lock.try_acquire(self._role, self._clock.wall())
+        except OSError as exc:
+            log.error("reclaim.lock_unavailable", path=str(self._lock.path), error=str(exc))
+            return True
 
 
 def holder_text(lock: HostLock, holder: Holder | str) -> str:
