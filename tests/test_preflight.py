@@ -7,9 +7,11 @@ serve hibernation/configured gets the agent's own words and policy, not a FAIL.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from spotguard.cli import main
 from spotguard.monitors import HIBERNATION, HIBERNATION_UNKNOWN
@@ -17,6 +19,13 @@ from spotguard.simhost import SimCgroup, SimHost
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
 from tests.fixtures_aws import MotoServer
 from tests.test_trigger import launch, recorded_stops
+
+
+@pytest.fixture(autouse=True)
+def _logging_back() -> Iterator[None]:
+    """`main` points structlog at this test's captured stderr; later tests must not log there."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -123,13 +123,14 @@ def test_agent_and_spotguard_reclaim_share_the_host_then_one_hibernation(
                 stderr=subprocess.PIPE,
                 text=True,
             )
+            assert cli.stderr is not None
+            assert "waiting: another reclaim holds" in cli.stderr.readline()
             imds.set_rebalance()
             log.wait_for(lambda e: e["event"] == "reclaim.lock_busy")
-            hold.release()
+            hold.release()  # now the agent's deep reclaim and the CLI race for the host
             log.wait_for(lambda e: e["event"] == "reclaim.run" and e["intensity"] == "deep")
             _, err = cli.communicate(timeout=60)
             assert cli.returncode == 0, err
-            assert "waiting: another reclaim holds" in err
             assert int((sandbox.root / "work" / "memory.limit_in_bytes").read_text()) == ORIGINAL
             assert LimitJournal(state).pending() == {}
             imds.set_notice("stop", in_seconds=120)
