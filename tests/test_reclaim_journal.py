@@ -121,3 +121,13 @@ def test_a_failed_restore_stays_in_the_journal_for_next_time(tmp_path: Path) -> 
     kernel = FakeKernel(host, fail={"memory.limit_in_bytes": OSError(errno.EIO, "I/O error")})
     restore_journal(journal, host.fs, host.cgroup_root, kernel)
     assert [e.original for e in journal.pending().values()] == [1 << 40]
+
+
+def test_recover_never_fails_a_start(tmp_path: Path) -> None:
+    LimitJournal(tmp_path / "none").recover(lambda key, original: True)
+    assert not (tmp_path / "none").exists()  # no journal: the state dir is not even made
+    leave(tmp_path / "ro" / JOURNAL_NAME, {"/m/a": (1, [dead_owner()])})
+    (tmp_path / "ro" / "reclaim-v1-limits.lock").mkdir()  # the lock cannot be opened
+    with structlog.testing.capture_logs() as logs:
+        LimitJournal(tmp_path / "ro").recover(lambda key, original: True)
+    assert [e["event"] for e in logs] == ["reclaim.journal_unusable"]

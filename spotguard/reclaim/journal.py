@@ -116,7 +116,17 @@ class OriginalsJournal:
 
     def recover(self, restore: Callable[[str, int], bool]) -> None:
         """Put back every entry no live process holds; `restore` says whether it worked (an
-        entry that failed stays for next time). Under the lock, so no one claims meanwhile."""
+        entry that failed stays for next time). Under the lock, so no one claims meanwhile.
+        Never raises: a start must not fail on its state dir (reclaim then records nothing,
+        so it lowers nothing either)."""
+        if not self.path.exists():  # nothing to do, and no reason to create the state dir
+            return
+        try:
+            self._recover(restore)
+        except OSError as exc:
+            log.error("reclaim.journal_unusable", path=str(self.path), error=str(exc))
+
+    def _recover(self, restore: Callable[[str, int], bool]) -> None:
         with self.locked():
             entries = self.pending()
             left = dict(entries)
