@@ -10,7 +10,7 @@ from spotguard.config import Config
 from spotguard.estimator import ImageEstimator
 from spotguard.hooks import HookRunner
 from spotguard.hostfs import HostFS
-from spotguard.hostlock import HostLock
+from spotguard.hostlock import AGENT, HostLock
 from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsClient
 from spotguard.monitors import InstanceFacts, default_monitors, fetch_facts
@@ -54,7 +54,7 @@ class HibernatorFactory:
 def agent_reclaimer(inner: Reclaimer, config: Config, clock: Clock) -> Reclaimer:
     """One reclaim at a time per host: the agent shares the lock with `spotguard reclaim`."""
     lock = HostLock(state_dir(config))
-    return ExclusiveReclaimer(inner, lock, clock, role="agent", policy=agent_policy)
+    return ExclusiveReclaimer(inner, lock, clock, role=AGENT, policy=agent_policy)
 
 
 def image_size_control(config: Config, fs: HostFS) -> ImageSizeControl:

@@ -17,7 +17,7 @@ from spotguard.clock import SystemClock
 from spotguard.config import Config
 from spotguard.estimator import EstimateError, ImageEstimate, ImageEstimator
 from spotguard.hostfs import HostFS
-from spotguard.hostlock import HostLock
+from spotguard.hostlock import CLI, HostLock
 from spotguard.reclaim.api import Intensity, ReclaimRequest, ReclaimResult, StageResult
 from spotguard.reclaim.cgroup import CgroupPathError, resolve
 from spotguard.reclaim.detect import BackendReport
@@ -108,7 +108,7 @@ def run_reclaim(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     lock = HostLock(state_dir)
     wait = Wait.WAIT if args.wait else Wait.SKIP
-    reclaimer = ExclusiveReclaimer(engine, lock, clock, role="reclaim", policy=lambda _: wait)
+    reclaimer = ExclusiveReclaimer(engine, lock, clock, role=CLI, policy=lambda _: wait)
     request = ReclaimRequest(
         Intensity(args.intensity), budget, target, names, ignore_pressure=args.ignore_pressure
     )

@@ -20,17 +20,19 @@ from spotguard.hostfs import HostFS
 from spotguard.owner import ProcessId
 
 LOCK_NAME = "reclaim.lock"
+AGENT = "agent"  # the roles a holder writes: `spotguard run`
+CLI = "reclaim"  # and `spotguard reclaim`, which the agent may ask to stop
 
 
 @dataclass(frozen=True, slots=True)
 class Holder:
     owner: ProcessId
-    role: str  # agent | cli
+    role: str  # AGENT | CLI
     since: float  # wall clock
 
     def describe(self) -> str:
         at = datetime.datetime.fromtimestamp(self.since, datetime.UTC)
-        who = "the agent (spotguard run)" if self.role == "agent" else f"spotguard {self.role}"
+        who = "the agent (spotguard run)" if self.role == AGENT else f"spotguard {self.role}"
         return f"pid {self.owner.pid}, {who}, since {at:%H:%M:%S} UTC"
 
 

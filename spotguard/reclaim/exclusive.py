@@ -19,12 +19,13 @@ from enum import StrEnum
 import structlog
 
 from spotguard.clock import Clock
-from spotguard.hostlock import Holder, HostLock
+from spotguard.hostlock import CLI, Holder, HostLock
 from spotguard.reclaim.api import Intensity, ProgressFn, Reclaimer, ReclaimRequest, ReclaimResult
 
 log = structlog.get_logger()
 
 POLL_S = 0.1  # how often a waiter tries the lock again
+LOG_WAIT_S = 0.5  # a wait longer than this is worth a log line once it ends
 
 
 class Wait(StrEnum):
@@ -75,7 +76,7 @@ class ExclusiveReclaimer:
                 request.intensity, 0, waited, "busy", stop_detail=holder_text(self._lock, holder)
             )
         try:
-            if waited > 0.5:
+            if waited > LOG_WAIT_S:
                 log.info("reclaim.lock_acquired", waited_s=round(waited, 1))
             left = dataclasses.replace(request, budget_s=max(request.budget_s - waited, 0.0))
             return self._inner.reclaim(left, cancel, progress)
@@ -102,7 +103,7 @@ class ExclusiveReclaimer:
             left = deadline - self._clock.monotonic()
             if policy is Wait.SKIP or cancel.is_set() or left <= 0:
                 return holder or ""
-            if policy is Wait.PREEMPT and not asked and holder and holder.role == "reclaim":
+            if policy is Wait.PREEMPT and not asked and holder and holder.role == CLI:
                 asked = True
                 log.warning("reclaim.lock_preempting", holder=holder.describe())
                 try:
