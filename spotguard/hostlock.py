@@ -56,10 +56,11 @@ class HostLock:
         except BlockingIOError:
             os.close(fd)
             return False
-        holder = {"owner": ProcessId.current(self._fs).to_dict(), "role": role, "since": now}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd = fd
+        holder = {"owner": ProcessId.current(self._fs).to_dict(), "role": role, "since": now}
+        with contextlib.suppress(OSError):  # who we are is for others' messages only
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
         return True
 
     def release(self) -> None:
