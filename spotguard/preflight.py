@@ -7,14 +7,18 @@ import json
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
-from spotguard.assemble import HibernatorFactory, host_fs, image_size_control
+from spotguard.assemble import HibernatorFactory, host_fs, image_size_control, state_dir
 from spotguard.config import Config
 from spotguard.estimator import ImageEstimate, ImageEstimator
 from spotguard.hostfs import HostFS
+from spotguard.hostlock import HostLock
+from spotguard.image_size import JOURNAL_NAME as IMAGE_SIZE_JOURNAL
 from spotguard.imds import ImdsClient, ImdsError
 from spotguard.monitors import HIBERNATION_UNKNOWN, InstanceFacts, fetch_facts
 from spotguard.reclaim.detect import detect_backends
+from spotguard.reclaim.journal import LimitJournal, OriginalsJournal
 from spotguard.table import print_table
 from spotguard.units import human_bytes
 
@@ -89,8 +93,31 @@ def run_checks(config: Config) -> list[Check]:
     checks.append(_resume(fs))
     report = detect_backends(fs, config.reclaim)
     checks.append(passed("reclaim backend", report.usable, report.describe()))
+    checks.append(_left_lowered(state_dir(config)))
     checks.append(_trigger(config, fs, facts))
     return checks
+
+
+def _left_lowered(state: Path) -> Check:
+    """Limits (and image_size) lowered and not yet put back, from the journals: a live
+    reclaim's are fine, a dead one's are put back at the next start: worth saying until then."""
+    name = "nothing left lowered"
+    journals = (LimitJournal(state), OriginalsJournal(state / IMAGE_SIZE_JOURNAL))
+    entries = {key: e for j in journals for key, e in j.pending().items()}
+    procs = HostFS()  # owners are real processes, whatever the root prefix
+    orphans = sorted(
+        key for key, e in entries.items() if e.orphaned(procs) and not e.from_older_boot(procs)
+    )
+    if orphans:
+        return Check(
+            name,
+            Verdict.WARN,
+            f"{', '.join(orphans)} left lowered by a reclaim that died; the next start of the "
+            "agent or `spotguard reclaim` puts them back",
+        )
+    holder = HostLock(state).holder()
+    running = f"; a reclaim is running ({holder.describe()})" if holder else ""
+    return Check(name, Verdict.OK, f"no lowered limit or image_size in {state}{running}")
 
 
 def _trigger(config: Config, fs: HostFS, facts: InstanceFacts | None) -> Check:

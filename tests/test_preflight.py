@@ -7,6 +7,7 @@ serve hibernation/configured gets the agent's own words and policy, not a FAIL.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,10 +15,14 @@ import pytest
 import structlog
 
 from spotguard.cli import main
+from spotguard.hostlock import HostLock
 from spotguard.monitors import HIBERNATION, HIBERNATION_UNKNOWN
+from spotguard.reclaim.journal import JOURNAL_NAME
 from spotguard.simhost import SimCgroup, SimHost
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
 from tests.fixtures_aws import MotoServer
+from tests.test_owner import dead_owner
+from tests.test_reclaim_journal import leave
 from tests.test_trigger import launch, recorded_stops
 
 
@@ -128,3 +133,32 @@ def test_hibernate_refuses_without_an_instance_id(
     assert "refusing: EC2 mode needs the instance id" in err
     assert "127.0.0.1:9" in err
     assert recorded_stops(moto_server) == []
+
+
+def test_check_names_what_a_dead_reclaim_left_lowered(
+    env: Path,
+    tmp_path: Path,
+    moto_server: MotoServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    instance_id = launch(moto_server.ec2(), HibernationOptions={"Configured": True})
+    with MetadataSimulator(instance=SimulatedInstance(instance_id=instance_id)) as imds:
+        monkeypatch.setenv("SPOTGUARD_IMDS_URL", imds.url)
+        _, checks = check(capsys)
+        assert checks["nothing left lowered"]["verdict"] == "ok"
+        lock = HostLock(tmp_path / "state")
+        assert lock.try_acquire("reclaim", 0.0)
+        _, checks = check(capsys)
+        assert f"a reclaim is running (pid {os.getpid()}" in str(
+            checks["nothing left lowered"]["detail"]
+        )
+        lock.release()
+        journal = tmp_path / "state" / JOURNAL_NAME
+        leave(journal, {"/sys/fs/cgroup/memory/batch.slice": (1 << 40, [dead_owner()])})
+        code, checks = check(capsys)
+    assert checks["nothing left lowered"]["verdict"] == "warn"
+    assert str(checks["nothing left lowered"]["detail"]).startswith(
+        "/sys/fs/cgroup/memory/batch.slice left lowered by a reclaim that died"
+    )
+    assert code == 0, checks
