@@ -122,7 +122,7 @@ def run_reclaim(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print_table(result_rows(result))
-    code, message = verdict(result, request, config, report)
+    code, message = verdict(result, request, config, report, waited=args.wait)
     if message:
         print(f"spotguard: {message}", file=sys.stderr)
     return code
@@ -148,12 +148,23 @@ def cgroup_name(fs: HostFS, root: str, name: str) -> str:
 
 
 def verdict(
-    result: ReclaimResult, request: ReclaimRequest, config: Config, report: BackendReport
+    result: ReclaimResult,
+    request: ReclaimRequest,
+    config: Config,
+    report: BackendReport,
+    *,
+    waited: bool = False,
 ) -> tuple[int, str]:
     """The exit code, and for anything short of a full run, what stopped it, for people."""
     reason = result.stop_reason
     if reason == "busy":
-        return EXIT_BUSY, f"{result.stop_detail}; try again later, or add --wait"
+        advice = (
+            f"still held after {result.duration_s:.1f} s of waiting (--timeout "
+            f"{request.budget_s:g} s, or a signal)"
+            if waited
+            else "try again later, or add --wait"
+        )
+        return EXIT_BUSY, f"{result.stop_detail}; {advice}"
     if reason == "unavailable":
         return EXIT_UNUSABLE, f"no reclaim backend: {report.describe()}"
     if reason == "pressure":

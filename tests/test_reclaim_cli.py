@@ -222,6 +222,10 @@ def test_budget_no_targets_and_busy_say_why_and_exit_non_zero(
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}, the agent (spotguard run)" in err
     assert "try again later, or add --wait" in err
+    assert call(on(host.root), "reclaim", "--wait", "--timeout", "0.3s") == cli_reclaim.EXIT_BUSY
+    err = capsys.readouterr().err
+    assert "still held after 0." in err or "still held after 1." in err
+    assert "s of waiting (--timeout 0.3 s, or a signal)" in err
     threading.Timer(0.3, lock.release).start()
     assert call(on(host.root), "reclaim", "--wait") == cli_reclaim.EXIT_DONE
     assert "spotguard: waiting: another reclaim holds" in capsys.readouterr().err
