@@ -10,11 +10,14 @@ from spotguard.config import Config
 from spotguard.estimator import ImageEstimator
 from spotguard.hooks import HookRunner
 from spotguard.hostfs import HostFS
+from spotguard.hostlock import AGENT, HostLock
 from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsClient
 from spotguard.monitors import InstanceFacts, default_monitors, fetch_facts
 from spotguard.notify import Webhook
+from spotguard.reclaim.api import Reclaimer
 from spotguard.reclaim.engine import StagedReclaimer
+from spotguard.reclaim.exclusive import ExclusiveReclaimer, agent_policy
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.host import HostSignals
 from spotguard.state import StateFile
@@ -48,6 +51,19 @@ class HibernatorFactory:
         )
 
 
+def agent_reclaimer(inner: Reclaimer, config: Config, clock: Clock) -> Reclaimer:
+    """One reclaim at a time per host: the agent shares the lock with `spotguard reclaim`."""
+    lock = HostLock(state_dir(config))
+    return ExclusiveReclaimer(inner, lock, clock, role=AGENT, policy=agent_policy)
+
+
+def image_size_control(config: Config, fs: HostFS) -> ImageSizeControl:
+    """Journalled in the state dir; a value a dead agent left lowered is put back now."""
+    control = ImageSizeControl(fs, state_dir(config))
+    control.recover()
+    return control
+
+
 def build_agent(
     config: Config,
     clock: Clock | None = None,
@@ -70,13 +86,17 @@ def build_agent(
         fetch_facts=lambda: fetch_facts(client),
         host=HostSignals(fs),
         estimator=ImageEstimator(fs, config.hibernate),
-        reclaimer=StagedReclaimer(
-            fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
+        reclaimer=agent_reclaimer(
+            StagedReclaimer(
+                fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
+            ),
+            config,
+            clock,
         ),
         hibernator_for=HibernatorFactory(config, fs),
         hooks=HookRunner(Path(config.agent.hook_dir), config.agent.hook_timeout, clock=clock),
         state_file=StateFile(config.agent.state_file),
-        image_size=ImageSizeControl(fs),
+        image_size=image_size_control(config, fs),
         webhook=webhook,
     )
     return Agent(config, parts)

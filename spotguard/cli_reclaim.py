@@ -17,26 +17,62 @@ from spotguard.clock import SystemClock
 from spotguard.config import Config
 from spotguard.estimator import EstimateError, ImageEstimate, ImageEstimator
 from spotguard.hostfs import HostFS
+from spotguard.hostlock import CLI, HostLock
 from spotguard.reclaim.api import Intensity, ReclaimRequest, ReclaimResult, StageResult
 from spotguard.reclaim.cgroup import CgroupPathError, resolve
+from spotguard.reclaim.detect import BackendReport
 from spotguard.reclaim.engine import StagedReclaimer
+from spotguard.reclaim.exclusive import ExclusiveReclaimer, Wait, holder_text
 from spotguard.table import print_table
 from spotguard.units import human_bytes, parse_bytes, parse_duration
 
+EXIT_DONE = 0  # ran to the end, or to --bytes
+EXIT_UNUSABLE = 1  # no usable reclaim backend on this host
+EXIT_USAGE = 2  # a bad argument, or a --cgroup that is missing or outside the memory root
+EXIT_BUSY = 3  # another reclaim (the agent, or another `spotguard reclaim`) holds the host
+EXIT_STOPPED = 4  # stopped before or between steps: pressure, --timeout, nothing to reclaim,
+# or cancelled (Ctrl-C / SIGTERM; the agent sends SIGTERM when an interruption needs the host)
+
+EXIT_CODES = """exit status:
+  0  ran to the end (or reclaimed --bytes)
+  1  no usable reclaim backend on this host
+  2  bad arguments, or a --cgroup that is missing or outside the memory root
+  3  another reclaim holds the host (the agent or another `spotguard reclaim`); see --wait
+  4  stopped before or between steps: pressure (which signal, its value and the threshold
+     are printed), the --timeout budget, nothing to reclaim, or cancelled (Ctrl-C, SIGTERM;
+     the agent sends SIGTERM when an interruption needs the host); limits are always put back
+"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    reclaim = subparsers.add_parser("reclaim", help="reclaim memory now, in small staged steps")
+    reclaim = subparsers.add_parser(
+        "reclaim",
+        help="reclaim memory now, in small staged steps",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     reclaim.add_argument(
         "--cgroup",
         action="append",
         default=[],
         metavar="PATH",
-        help="only this cgroup (relative to the memory root, or absolute); repeatable",
+        help="only this cgroup: NAME relative to the memory root, or its absolute path "
+        "(/sys/fs/cgroup/memory/NAME on v1); repeatable",
     )
     reclaim.add_argument("--bytes", default="max", help="how much: 512M, 2G or max (default)")
     reclaim.add_argument("--timeout", default="30s", help="time budget (default 30s)")
     reclaim.add_argument(
         "--intensity", choices=[i.value for i in Intensity], default=Intensity.DEEP.value
+    )
+    reclaim.add_argument(
+        "--ignore-pressure",
+        action="store_true",
+        help="do not stop when memory/io pressure is above reclaim.idle_psi/emergency_psi",
+    )
+    reclaim.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another reclaim holds the host, wait for it (the wait counts toward --timeout)",
     )
     reclaim.add_argument("--json", action="store_true")
     reclaim.set_defaults(func=run_reclaim)
@@ -53,28 +89,31 @@ def run_reclaim(args: argparse.Namespace) -> int:
         budget = parse_duration(args.timeout)
     except ValueError as exc:
         print(f"spotguard: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     fs = HostFS(Path(config.agent.root))
-    reclaimer = StagedReclaimer(
-        fs, config.reclaim, SystemClock(), Path(config.agent.state_file).parent
-    )
-    report = reclaimer.report
+    clock = SystemClock()
+    state_dir = Path(config.agent.state_file).parent
+    engine = StagedReclaimer(fs, config.reclaim, clock, state_dir)
+    report = engine.report
     if not report.usable:
         print(f"spotguard: no reclaim backend: {report.describe()}", file=sys.stderr)
-        return 1
+        return EXIT_UNUSABLE
     if args.cgroup and report.memory_root is None:
         print("spotguard: --cgroup needs a memory cgroup hierarchy", file=sys.stderr)
-        return 2
-    for name in args.cgroup:
-        try:
-            found = fs.path(resolve(fs, report.memory_root or "/", name)).is_dir()
-        except CgroupPathError as exc:
-            print(f"spotguard: {exc}", file=sys.stderr)
-            return 2
-        if not found:
-            print(f"spotguard: no cgroup {name!r} under {report.memory_root}", file=sys.stderr)
-            return 2
-    request = ReclaimRequest(Intensity(args.intensity), budget, target, tuple(args.cgroup))
+        return EXIT_USAGE
+    try:
+        names = tuple(cgroup_name(fs, report.memory_root or "/", n) for n in args.cgroup)
+    except CgroupPathError as exc:
+        print(f"spotguard: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    lock = HostLock(state_dir)
+    wait = Wait.WAIT if args.wait else Wait.SKIP
+    reclaimer = ExclusiveReclaimer(engine, lock, clock, role=CLI, policy=lambda _: wait)
+    request = ReclaimRequest(
+        Intensity(args.intensity), budget, target, names, ignore_pressure=args.ignore_pressure
+    )
+    if args.wait and (holder := lock.holder()) is not None:
+        print(f"spotguard: waiting: {holder_text(lock, holder)}", file=sys.stderr)
     progress = ProgressLine(sys.stderr)
     with _cancel_on_signals() as cancel:
         result = reclaimer.reclaim(request, cancel, progress)
@@ -83,7 +122,88 @@ def run_reclaim(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print_table(result_rows(result))
-    return 0
+    code, message = verdict(result, request, config, report, waited=args.wait)
+    if message:
+        print(f"spotguard: {message}", file=sys.stderr)
+    return code
+
+
+def cgroup_name(fs: HostFS, root: str, name: str) -> str:
+    """--cgroup as the planner takes it, relative to the memory root. NAME, the host path
+    (/sys/fs/cgroup/memory/NAME) and, under a root prefix, that path inside the prefix all
+    name one cgroup; anything else (outside the root, '..', a symlink out) is refused."""
+    prefix = str(fs.root).rstrip("/")
+    if prefix and name.startswith(f"{prefix}/") and not name.startswith(f"{root}/"):
+        name = name[len(prefix) :]
+    path = resolve(fs, root, name)
+    relative = path[len(root.rstrip("/")) :].strip("/")
+    if not relative:
+        raise CgroupPathError(
+            f"cgroup {name!r} is the memory root itself: name a cgroup under {root}, "
+            "or leave --cgroup out for the whole plan"
+        )
+    if not fs.path(path).is_dir():
+        raise CgroupPathError(f"no cgroup {name!r} under {root}")
+    return relative
+
+
+def verdict(
+    result: ReclaimResult,
+    request: ReclaimRequest,
+    config: Config,
+    report: BackendReport,
+    *,
+    waited: bool = False,
+) -> tuple[int, str]:
+    """The exit code, and for anything short of a full run, what stopped it, for people."""
+    reason = result.stop_reason
+    if reason == "busy":
+        advice = (
+            f"still held after {result.duration_s:.1f} s of waiting (--timeout "
+            f"{request.budget_s:g} s, or a signal)"
+            if waited
+            else "try again later, or add --wait"
+        )
+        return EXIT_BUSY, f"{result.stop_detail}; {advice}"
+    if reason == "unavailable":
+        return EXIT_UNUSABLE, f"no reclaim backend: {report.describe()}"
+    if reason == "pressure":
+        return EXIT_STOPPED, f"stopped by pressure: {result.stop_detail}; {_IGNORE}"
+    if reason == "budget":
+        return EXIT_STOPPED, (
+            f"stopped by the time budget: {result.duration_s:.1f} s of --timeout "
+            f"{request.budget_s:g} s spent"
+        )
+    if reason == "cancelled":
+        return EXIT_STOPPED, (
+            "cancelled by a signal (Ctrl-C, or SIGTERM: the agent sends it when an interruption "
+            "needs the host); every limit lowered was put back"
+        )
+    if reason == "no-targets":
+        return EXIT_STOPPED, f"nothing to reclaim: {_no_targets(request, config, report)}"
+    pressured = [s for s in result.stages if s.stop_reason == "pressure"]
+    if pressured:
+        where = "; ".join(f"{s.cgroup}: {s.stop_detail}" for s in pressured)
+        return EXIT_STOPPED, f"stopped by pressure: {where}; {_IGNORE}"
+    return EXIT_DONE, ""
+
+
+_IGNORE = "add --ignore-pressure to reclaim anyway"
+
+
+def _no_targets(request: ReclaimRequest, config: Config, report: BackendReport) -> str:
+    protected = ", ".join(config.reclaim.protected) or "none"
+    if report.chosen == "drop_caches":
+        return "drop_caches is host-wide, and a light reclaim takes only background cgroups"
+    if request.cgroups:
+        return f"every cgroup asked for is protected (reclaim.protected: {protected})"
+    if request.intensity is Intensity.LIGHT:
+        background = ", ".join(config.reclaim.background) or "none"
+        return (
+            "a light reclaim takes only background cgroups, and none exists "
+            f"(reclaim.background: {background})"
+        )
+    return f"no cgroup under {report.memory_root} outside reclaim.protected ({protected})"
 
 
 def result_rows(result: ReclaimResult) -> list[tuple[str, str]]:

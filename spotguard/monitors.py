@@ -168,6 +168,14 @@ def _identity_region(client: ImdsClient) -> str:
     return region if isinstance(region, str) else ""
 
 
+# What the agent and `spotguard check` both say when hibernation/configured gets no answer
+# (AWS's metadata mock does not serve it), and the one policy behind it.
+HIBERNATION_UNKNOWN = (
+    "not served by this metadata service; the agent will try StopInstances(Hibernate=True) "
+    "and take the graceful path if EC2 refuses"
+)
+
+
 def _hibernation_configured(client: ImdsClient) -> bool | None:
     text = (client.get_text(HIBERNATION) or "").strip()
     if text not in ("true", "false"):

@@ -1,11 +1,16 @@
-"""/sys/power/image_size on a fake tree: lowered only downwards, always put back once."""
+"""/sys/power/image_size on a fake tree: lowered only downwards, always put back once,
+the original journalled so a crash cannot leave it lowered."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from spotguard.hostfs import HostFS
-from spotguard.image_size import IMAGE_SIZE, ImageSizeControl
+from spotguard.image_size import IMAGE_SIZE, JOURNAL_NAME, ImageSizeControl
+from spotguard.reclaim.journal import OriginalsJournal
+from tests.test_owner import dead_owner
+from tests.test_reclaim_journal import leave
 
 
 def tree(tmp_path: Path, value: str | None) -> HostFS:
@@ -42,3 +47,45 @@ def test_missing_or_garbled_file_is_left_alone(tmp_path: Path) -> None:
     control.lower(1 << 20)
     control.restore()
     assert fs.read_text(IMAGE_SIZE) == "lots\n"
+
+
+def test_a_value_a_dead_agent_left_lowered_goes_back_at_the_next_start(tmp_path: Path) -> None:
+    fs = tree(tmp_path / "root", f"{300 << 20}\n")
+    state = tmp_path / "state"
+    leave(state / JOURNAL_NAME, {IMAGE_SIZE: (858993459, [dead_owner()])})
+    ImageSizeControl(fs, state).recover()
+    assert fs.read_text(IMAGE_SIZE).strip() == "858993459"
+    assert OriginalsJournal(state / JOURNAL_NAME).pending() == {}
+
+
+def test_a_journalled_original_wins_over_the_live_lowered_value(tmp_path: Path) -> None:
+    fs = tree(tmp_path / "root", f"{400 << 20}\n")
+    state = tmp_path / "state"
+    leave(state / JOURNAL_NAME, {IMAGE_SIZE: (858993459, [dead_owner()])})
+    control = ImageSizeControl(fs, state)
+    control.lower(200 << 20)  # before any recover: the 400 MiB seen is someone's lowering
+    assert OriginalsJournal(state / JOURNAL_NAME).pending()[IMAGE_SIZE].original == 858993459
+    control.restore()
+    assert fs.read_text(IMAGE_SIZE).strip() == "858993459"
+    assert not (state / JOURNAL_NAME).exists()
+
+
+def test_a_live_owners_value_is_left_alone(tmp_path: Path) -> None:
+    fs = tree(tmp_path / "root", "858993459\n")
+    state = tmp_path / "state"
+    running = ImageSizeControl(fs, state)
+    running.lower(300 << 20)
+    entry = OriginalsJournal(state / JOURNAL_NAME).pending()[IMAGE_SIZE]
+    assert [o.pid for o in entry.owners] == [os.getpid()]
+    ImageSizeControl(fs, state).recover()  # e.g. `spotguard hibernate` while the agent runs
+    assert fs.read_text(IMAGE_SIZE) == f"{300 << 20}\n"
+    running.restore()
+    assert fs.read_text(IMAGE_SIZE).strip() == "858993459"
+    assert not (state / JOURNAL_NAME).exists()
+
+
+def test_an_unwritable_state_dir_means_no_lowering(tmp_path: Path) -> None:
+    fs = tree(tmp_path / "root", "858993459\n")
+    (tmp_path / "file").write_text("")
+    ImageSizeControl(fs, tmp_path / "file" / "state").lower(300 << 20)
+    assert fs.read_text(IMAGE_SIZE) == "858993459\n"

@@ -19,6 +19,8 @@ from spotguard.reclaim.engine import StagedReclaimer
 from spotguard.reclaim.journal import LimitJournal
 from spotguard.reclaim.v1 import ForceEmptyBackend
 from spotguard.reclaim.writer import LibcWriter
+from tests.test_owner import dead_owner
+from tests.test_reclaim_journal import leave
 from tests.test_reclaim_support import MIB, Sandbox, sandbox_or_skip
 
 pytestmark = pytest.mark.cgroup
@@ -139,7 +141,7 @@ def test_a_limit_left_lowered_by_a_dead_agent_is_restored_at_start(
 ) -> None:
     sandbox.group("bg")
     (sandbox.root / "bg" / "memory.limit_in_bytes").write_text(str(512 * MIB))
-    LimitJournal(tmp_path).record(str(sandbox.root / "bg"), UNLIMITED)
+    leave(LimitJournal(tmp_path).path, {str(sandbox.root / "bg"): (UNLIMITED, [dead_owner()])})
     StagedReclaimer(HostFS(), config_for(sandbox), SystemClock(), tmp_path)
     assert limit(sandbox, "bg") == UNLIMITED
     assert LimitJournal(tmp_path).pending() == {}

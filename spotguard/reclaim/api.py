@@ -24,6 +24,7 @@ class ReclaimRequest:
     budget_s: float
     target_bytes: int | None = None  # None: as much as the stages allow
     cgroups: tuple[str, ...] = ()  # only these (relative to the memory root); () = the plan
+    ignore_pressure: bool = False  # a person asked for it (`spotguard reclaim --ignore-pressure`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class StageResult:
     # | error
     stop_reason: str = ""
     duration_s: float = 0.0
+    stop_detail: str = ""  # for people: which signal, its value and the threshold
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -50,11 +52,14 @@ class ReclaimResult:
     intensity: Intensity
     reclaimed_bytes: int
     duration_s: float
-    stop_reason: str  # complete | target | budget | cancelled | pressure | unavailable | no-targets
+    # complete | target | budget | cancelled | pressure | unavailable | no-targets
+    # | busy (another reclaim holds the host lock)
+    stop_reason: str
     stages: tuple[StageResult, ...] = field(default_factory=tuple)
     swapped_out_bytes: int = 0  # from /proc/vmstat pswpout
     host_reclaimed_bytes: int = 0  # /proc/vmstat pgsteal_*: all reclaim on the host meanwhile
     backend: str = ""  # what detection chose; "" when none was available
+    stop_detail: str = ""  # for people: which signal, its value and the threshold; who is busy
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready, for the state file and `spotguard status`."""

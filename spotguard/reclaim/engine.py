@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -107,6 +107,7 @@ class StagedReclaimer:
             swapped_out_bytes=_delta(vm_before, vm_after, ("pswpout",)) * PAGE,
             host_reclaimed_bytes=_delta(vm_before, vm_after, _PGSTEAL) * PAGE,
             backend=self.report.chosen or "",
+            stop_detail=run.detail if reason == "pressure" else "",
         )
         self.last_result = result
         log.info(
@@ -245,6 +246,9 @@ class _Run:
         self.swap_free = swap_free
         emergency = request.intensity is Intensity.EMERGENCY
         self.threshold = config.emergency_psi if emergency else config.idle_psi
+        self.threshold_key = "reclaim.emergency_psi" if emergency else "reclaim.idle_psi"
+        self.ignore_pressure = request.ignore_pressure
+        self.detail = ""  # the last pressure stop, for people: signal, value, threshold
         anon = request.intensity is not Intensity.LIGHT and swap_free > 0
         self.phases = (Phase.FILE, Phase.ANON) if anon else (Phase.FILE,)
 
@@ -269,9 +273,16 @@ class _Run:
         if reason := self.limit_reached():
             return reason
         host = self.pressure.read()
-        if any(v is not None and v > self.threshold for v in (host.memory_some, host.io_some)):
-            return "pressure"
-        return None
+        return self.over("host memory", host.memory_some) or self.over("host io", host.io_some)
+
+    def over(self, signal: str, value: float | None) -> str | None:
+        """Stop for pressure when PSI `value` is above the threshold; `detail` says which."""
+        if self.ignore_pressure or value is None or value <= self.threshold:
+            return None
+        self.detail = (
+            f"{signal} PSI some avg10 {value:.2f}% > {self.threshold:g}% ({self.threshold_key})"
+        )
+        return "pressure"
 
     def stage(self, target: T_contra, backend: Backend[T_contra]) -> StageResult:
         tally = _Tally(target.name, backend.name, self.clock.monotonic())
@@ -284,6 +295,8 @@ class _Run:
             log.error("reclaim.stage_failed", cgroup=target.name, error=str(exc))
             reason = "error"
         result = tally.result(reason, self.clock.monotonic())
+        if reason == "pressure":
+            result = replace(result, stop_detail=self.detail)
         log.info("reclaim.stage", **result.to_dict())
         return result
 
@@ -293,8 +306,8 @@ class _Run:
                 pressure = target.pressure()
                 if reason := self.stop_reason():
                     return reason
-                if pressure is not None and pressure > self.threshold:
-                    return "pressure"
+                if reason := self.over(f"cgroup {target.name} memory", pressure):
+                    return reason
                 before = target.usage()
                 nbytes = self._step_size(before, phase)
                 if nbytes < PAGE:

@@ -36,19 +36,23 @@ class V1LimitBackend:
     def __init__(self, journal: LimitJournal, restore_writer: FileWriter) -> None:
         self._journal = journal
         self._restore_writer = restore_writer
+        self._originals: dict[str, int] = {}
 
     @contextlib.contextmanager
     def stage(self, target: Cgroup) -> Iterator[None]:
-        original = target.limit()
-        self._journal.record(target.path, original)
+        """The original comes from the journal when someone else lowered the limit first: the
+        live value may be their lowered one, and restoring that would cap the workload."""
+        original = self._journal.claim(target.path, target.limit)
+        self._originals[target.path] = original
         try:
             yield
         finally:
+            del self._originals[target.path]
             restore_limit(target, original, self._restore_writer)
-            self._journal.forget(target.path)
+            self._journal.release(target.path)
 
     def step(self, target: Cgroup, nbytes: int, phase: Phase) -> StepOutcome:
-        original = target.limit()
+        original = self._originals[target.path]
         lowered = max(target.current() - nbytes, PAGE)
         try:
             target.set_limit(lowered)
@@ -80,8 +84,10 @@ class ForceEmptyBackend:
 
 
 def restore_journal(journal: LimitJournal, fs: HostFS, root: str, writer: FileWriter) -> None:
-    """Put back the limits a previous run left lowered (only cgroups under `root`)."""
-    for path, limit in journal.pending().items():
+    """Put back the limits a previous run left lowered (only cgroups under `root`, and only
+    those no live process is still working on)."""
+
+    def restore(path: str, limit: int) -> bool:
         try:
             cgroup = Cgroup.under(fs, root, path, writer)
             if cgroup.exists():
@@ -91,5 +97,7 @@ def restore_journal(journal: LimitJournal, fs: HostFS, root: str, writer: FileWr
             log.error("reclaim.journal_outside_root", cgroup=path, root=root)
         except (OSError, CgroupError) as exc:
             log.error("reclaim.limit_restore_failed", cgroup=path, limit=limit, error=str(exc))
-            continue
-        journal.forget(path)
+            return False
+        return True
+
+    journal.recover(restore)
