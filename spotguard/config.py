@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from spotguard.units import parse_bytes, parse_duration
 
@@ -57,6 +58,7 @@ class AgentConfig:
     hook_timeout: Seconds = Seconds(10.0)
     webhook_url: str = ""
     webhook_attempts: int = 3
+    webhook_allow_link_local: bool = False  # true: the webhook may target 169.254/16, fe80::/10
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
     unhealthy_after: int = 5
@@ -75,6 +77,11 @@ class AgentConfig:
             self.webhook_url == "" or self.webhook_url.startswith(("http://", "https://")),
             "agent.webhook_url",
             "must be empty or an http URL",
+        )
+        _check(
+            self.webhook_url == "" or bool(urlsplit(self.webhook_url).hostname),
+            "agent.webhook_url",
+            "must name a host",
         )
         _check(1 <= self.webhook_attempts <= 10, "agent.webhook_attempts", "must be 1..10")
         _check(0 <= self.metrics_port <= 65535, "agent.metrics_port", "must be 0 (off)..65535")

@@ -63,8 +63,7 @@ class HookRunner:
         end = self._clock.monotonic() + (math.inf if budget_s is None else budget_s)
         env = {**os.environ, **event_env, "SPOTGUARD_HOOK": kind}
         results = []
-        for path in self._hooks(kind):
-            unsafe = unsafe_reason(self._hook_dir, path)
+        for path, unsafe in self.checked(kind):
             if unsafe:
                 log.warning("hook.skipped", kind=kind, hook=path.name, reason=unsafe)
                 results.append(HookResult(path.name, None, error=f"skipped: {unsafe}"))
@@ -76,6 +75,10 @@ class HookRunner:
                 continue
             results.append(_run_one(kind, path.name, path.resolve(), env, left))
         return results
+
+    def checked(self, kind: str) -> list[tuple[Path, str]]:
+        """The executables of `kind` in run order, each with why it must not run ("": it may)."""
+        return [(path, unsafe_reason(self._hook_dir, path)) for path in self._hooks(kind)]
 
     def _hooks(self, kind: str) -> list[Path]:
         folder = self._hook_dir / kind

@@ -128,7 +128,7 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
                 started = guest.wait_for(_event("agent.started"), STEP_TIMEOUT)
                 assert '"mode": "local"' in started.text
                 step("agent started under systemd")
-                probed_line = guest.wait_for(r"spotguard-probe: CapBnd", STEP_TIMEOUT).text
+                probed_line = guest.wait_for(r"spotguard-probe: Cap", STEP_TIMEOUT).text
                 probe = dict(
                     re.findall(r"(CapBnd|CapEff|NoNewPrivs|Seccomp):\s+(\w+)", probed_line)
                 )
