@@ -53,6 +53,7 @@ class HibernatorFactory:
             region=hibernate.region or (facts.region if facts else ""),
             instance_id=facts.instance_id if facts else "",
             local_command=hibernate.local_command,
+            imds_url=self._config.imds.url,
         )
 
 

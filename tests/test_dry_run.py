@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from spotguard.config import ReclaimConfig
+from spotguard.dry_run import DryHookRunner, DryReclaimer
+from spotguard.hooks import HookRunner
+from spotguard.hostfs import HostFS
+from spotguard.reclaim.api import Intensity, ReclaimRequest, ReclaimResult
 from spotguard.simhost import SimHost
 from spotguard.simulator import MetadataSimulator
 
@@ -176,3 +182,57 @@ tune_image_size = true
     assert {w["host"] for w in webhooks} == {webhook_url.split("/")[2]}
     assert "secret" not in json.dumps(logs)
     assert (tmp_path / "state" / "state.json").exists()  # the agent's own state: still kept
+
+
+# -- the dry parts, one at a time --------------------------------------------------------------
+def reclaim_plan(host: SimHost, request: ReclaimRequest) -> tuple[ReclaimResult, list[Any]]:
+    config = ReclaimConfig(background=("batch.slice",), protected=("app.slice",))
+    with capture_logs() as logs:
+        result = DryReclaimer(HostFS(host.root), config).reclaim(request, threading.Event())
+    return result, logs
+
+
+def test_a_light_dry_run_plans_page_cache_of_the_background_only(tmp_path: Path) -> None:
+    host = SimHost(tmp_path / "host")
+    result, logs = reclaim_plan(host, ReclaimRequest(Intensity.LIGHT, budget_s=60))
+    batch = host.cgroups["batch.slice"]
+    assert [(e["cgroup"], e["would_reclaim_bytes"], e["anon_bytes"]) for e in logs[:-1]] == [
+        ("batch.slice", batch.file_bytes, 0)
+    ]
+    assert logs[-1]["would_reclaim_bytes"] == batch.file_bytes
+    assert (result.reclaimed_bytes, result.stop_reason, result.backend) == (0, "dry-run", "dry-run")
+
+
+def test_a_dry_run_plan_stops_at_the_target(tmp_path: Path) -> None:
+    host = SimHost(tmp_path / "host")
+    request = ReclaimRequest(Intensity.EMERGENCY, budget_s=60, target_bytes=1 << 30)
+    _, logs = reclaim_plan(host, request)
+    would = {e["cgroup"]: e["would_reclaim_bytes"] for e in logs[:-1]}
+    assert would == {"batch.slice": 1 << 30, "app.slice": 0}
+
+
+def test_without_a_memory_cgroup_the_dry_run_says_so(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    config = ReclaimConfig()
+    with capture_logs() as logs:
+        result = DryReclaimer(HostFS(tmp_path / "empty"), config).reclaim(
+            ReclaimRequest(Intensity.DEEP, budget_s=1), threading.Event()
+        )
+    assert result.stop_reason == "unavailable"
+    assert logs[0]["would"] == "nothing: no memory cgroup found"
+
+
+def test_dry_hooks_say_which_would_run_and_which_would_be_skipped(tmp_path: Path) -> None:
+    mark = tmp_path / "ran"
+    write_hooks(tmp_path / "hooks", mark)
+    unsafe = tmp_path / "hooks" / "on-notice" / "20-unsafe"
+    unsafe.write_text(f"#!/bin/sh\necho unsafe >> {mark}\n")
+    unsafe.chmod(0o777)
+    runner = DryHookRunner(HookRunner(tmp_path / "hooks", timeout_s=5))
+    with capture_logs() as logs:
+        assert runner.run("on-notice", {}) == []
+    assert not mark.exists()
+    assert [(e["hook"], e["would"]) for e in logs] == [
+        ("10-mark", "run"),
+        ("20-unsafe", f"skip: {unsafe} is writable by its group or others (mode 0777)"),
+    ]
