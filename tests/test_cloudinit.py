@@ -602,3 +602,10 @@ def test_floating_names_and_unknown_sources_are_refused(
     assert done.returncode == 2
     assert error in done.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_user_data_with_a_release_sized_lock_fits_ec2s_16_kb() -> None:
+    """A release is ~15 wheels (spotguard, boto3, botocore, requests, ...), one hash each."""
+    lock = "".join(f"package-name-{i:02}==10.20.{i} --hash=sha256:{i:064x}\n" for i in range(18))
+    text = render_user_data({**SAMPLE, "spotguard_lock": lock, "config_toml": "[agent]\n" * 10})
+    assert len(text.encode()) <= 16384
