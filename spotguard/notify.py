@@ -79,7 +79,16 @@ def log_host(url: str) -> str:
     parts = urlsplit(url)
     host = parts.hostname or ""
     shown = f"[{host}]" if ":" in host else host
-    return shown + (f":{parts.port}" if parts.port else "")
+    port = _port(url)
+    return shown + (f":{port}" if port else "")
+
+
+def _port(url: str) -> int | None:
+    """The URL's explicit port; None when there is none or it is not a port number."""
+    try:
+        return urlsplit(url).port
+    except ValueError:
+        return None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -126,7 +135,7 @@ class Webhook:
         self._timeout_s = timeout_s
         parts = urlsplit(url)
         self._hostname = parts.hostname or ""
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._port = _port(url) or (443 if parts.scheme == "https" else 80)
         self._host = log_host(url)
         self._resolver = resolver
         self._refused = () if allow_link_local else refused

@@ -248,3 +248,11 @@ def test_the_config_allows_link_local_only_when_asked_and_wants_a_host() -> None
     assert from_mapping({}, env=env).agent.webhook_allow_link_local is True
     with pytest.raises(ConfigError, match=r"agent\.webhook_url: must name a host"):
         from_mapping({"agent": {"webhook_url": "https:///no-host"}}, env={})
+
+
+def test_a_url_with_a_bad_port_fails_as_a_send_not_at_start() -> None:
+    with capture_logs() as logs:
+        webhook = Webhook("http://127.0.0.1:http/x", 1, clock=FakeClock())
+        assert not webhook.send(PAYLOAD, None)
+    assert logs[-1]["event"] == "webhook.failed"
+    assert logs[-1]["host"] == "127.0.0.1"
