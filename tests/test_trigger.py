@@ -18,7 +18,10 @@ import pytest
 import requests
 from mypy_boto3_ec2 import EC2Client
 
+from spotguard.assemble import HibernatorFactory
+from spotguard.config import from_mapping
 from spotguard.hostfs import HostFS
+from spotguard.monitors import InstanceFacts
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
 from spotguard.trigger import (
     DryRunHibernator,
@@ -333,9 +336,10 @@ def test_the_role_credentials_come_from_the_agents_metadata_service(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     with MetadataSimulator(address=address) as sim:
         role = sim.instance.iam_role
-        hibernator = make_hibernator(
-            "ec2", fs=HostFS(), region="us-east-1", instance_id=instance_id, imds_url=sim.url
-        )
+        # As the agent builds it: from the config, whose imds.url is the simulator.
+        config = from_mapping({"imds": {"url": sim.url}, "hibernate": {"mode": "ec2"}}, env={})
+        facts = InstanceFacts(instance_id, "us-east-1", "spot", hibernation_configured=True)
+        hibernator = HibernatorFactory(config, HostFS())(facts)
         moto_server.start_recording()
         result = hibernator.hibernate()
         assert result.issued, result.reason
