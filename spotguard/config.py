@@ -79,7 +79,7 @@ class AgentConfig:
             "must be empty or an http URL",
         )
         _check(
-            self.webhook_url == "" or bool(urlsplit(self.webhook_url).hostname),
+            self.webhook_url == "" or _names_host(self.webhook_url),
             "agent.webhook_url",
             "must name a host",
         )
@@ -177,6 +177,13 @@ class Config:
             for s in dataclasses.fields(self)
             for section in [dataclasses.asdict(getattr(self, s.name))]
         }
+
+
+def _names_host(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:  # e.g. "http://[::1": an IPv6 address left open
+        return False
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

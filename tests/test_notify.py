@@ -246,8 +246,9 @@ def test_the_config_allows_link_local_only_when_asked_and_wants_a_host() -> None
     assert from_mapping({}, env={}).agent.webhook_allow_link_local is False
     env = {"SPOTGUARD_AGENT_WEBHOOK_ALLOW_LINK_LOCAL": "true"}
     assert from_mapping({}, env=env).agent.webhook_allow_link_local is True
-    with pytest.raises(ConfigError, match=r"agent\.webhook_url: must name a host"):
-        from_mapping({"agent": {"webhook_url": "https:///no-host"}}, env={})
+    for url in ("https:///no-host", "http://[::1/open-bracket"):
+        with pytest.raises(ConfigError, match=r"agent\.webhook_url: must name a host"):
+            from_mapping({"agent": {"webhook_url": url}}, env={})
 
 
 def test_a_url_with_a_bad_port_fails_as_a_send_not_at_start() -> None:
