@@ -34,17 +34,30 @@ cloud_init_venv() {
         touch "$cache/venv/.installed"
 }
 schema() { PYTHONPATH=$site "$cache/venv/bin/python" -m cloudinit.cmd.main schema --config-file "$1"; }
-verify_unit() { # ExecStart must exist for verify: point it at a placeholder; any complaint fails
+unit_copy() { # ExecStart must exist for systemd-analyze: point it at a placeholder in $1
+    printf '#!/bin/sh\n' >"$1/spotguard" && chmod +x "$1/spotguard"
+    sed "s|^ExecStart=/usr/local/bin/spotguard|ExecStart=$1/spotguard|" systemd/spotguard.service \
+        >"$1/spotguard.service"
+}
+verify_unit() { # any complaint fails
     local dir out
     dir=$(mktemp -d)
-    printf '#!/bin/sh\n' >"$dir/spotguard" && chmod +x "$dir/spotguard"
-    sed "s|^ExecStart=/usr/local/bin/spotguard|ExecStart=$dir/spotguard|" systemd/spotguard.service \
-        >"$dir/spotguard.service"
+    unit_copy "$dir"
     out=$(systemd-analyze verify "$dir/spotguard.service" 2>&1)
     local rc=$?
     rm -rf "$dir"
     echo "$out"
     ((rc == 0)) && [[ -z $out ]]
+}
+unit_security() { # the exposure score, 3.0 ("OK") at most; the figure goes to the log
+    local dir out
+    dir=$(mktemp -d)
+    unit_copy "$dir"
+    out=$(systemd-analyze security --offline=true --threshold=30 "$dir/spotguard.service" 2>&1)
+    local rc=$?
+    rm -rf "$dir"
+    grep -v '✓' <<<"$out"
+    ((rc == 0))
 }
 
 check "user-data.yaml is built from its parts (render.py build --check)" \
@@ -53,9 +66,10 @@ check "user-data.yaml is built from its parts (render.py build --check)" \
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 printf '[reclaim]\nbackground = ["system.slice"]\n' >"$tmp/extra.toml"
+printf 'spotguard==0.1.0 --hash=sha256:%064d\n' 0 >"$tmp/spotguard.lock"
 check "user-data renders with sample values" bash -c "python3 cloud-init/render.py render \
-    --var spotguard_package=/opt/wheels --var hibernate_mode=local \
-    --var imds_url=http://169.254.169.254 --var swap_mb=0 \
+    --var spotguard_source=/opt/wheels --var-file spotguard_lock=$tmp/spotguard.lock \
+    --var hibernate_mode=local --var imds_url=http://169.254.169.254 --var swap_mb=0 \
     --var-file config_toml=$tmp/extra.toml >$tmp/rendered.yaml"
 
 if out=$(fetch_cloud_init 2>&1 && cloud_init_venv 2>&1); then
@@ -67,6 +81,11 @@ fi
 
 if command -v systemd-analyze >/dev/null; then
     check "systemd-analyze verify systemd/spotguard.service" verify_unit
+    if out=$(unit_security); then
+        pass "systemd-analyze security systemd/spotguard.service: $(sed -n 's/.*Overall exposure level[^:]*: \([0-9.]* [A-Z]*\).*/\1/p' <<<"$out")"
+    else
+        fail "systemd-analyze security systemd/spotguard.service (above 3.0)" "$out"
+    fi
 else
     fail "systemd-analyze is not installed"
 fi

@@ -11,7 +11,7 @@
 # It runs the user-data's own modules with cloud-init itself: write_files, and runcmd (which
 # stages the commands, run right after). In a chroot the swap step defers to
 # first boot (its block offsets would not survive copying the tree into a disk) and systemd
-# only enables the unit; spotguard_package must then name a path inside DIR (a wheel
+# only enables the unit; spotguard_source must then name a path inside DIR (a wheel
 # directory: the chroot has no network set up). On a builder the swap file stays: an image
 # snapshot keeps its blocks.
 set -euo pipefail

@@ -21,7 +21,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SOURCE = HERE / "user-data.in.yaml"
 TARGET = HERE / "user-data.yaml"
-VARIABLES = ("spotguard_package", "hibernate_mode", "imds_url", "swap_mb", "config_toml")
+VARIABLES = (
+    "spotguard_source",
+    "spotguard_lock",
+    "hibernate_mode",
+    "imds_url",
+    "swap_mb",
+    "config_toml",
+)
 INCLUDE = re.compile(r"^(?P<indent> *)@include (?P<path>\S+)\n", re.MULTILINE)
 TOKEN = re.compile(r"\$\$\{|%%\{|%\{|\$\{(?P<expr>[^}]*)\}")
 EXPR = re.compile(r"(?P<name>\w+)|jsonencode\((?P<encoded>\w+)\)")

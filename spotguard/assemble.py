@@ -1,12 +1,19 @@
-"""The composition root: the one place that builds real parts from the config."""
+"""The composition root: the one place that builds real parts from the config.
+
+A dry run is decided here too: the same agent, with the parts that act swapped for the ones
+in dry_run.py that only say what they would do.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from spotguard.agent import Agent, Parts
+from spotguard.agent import Agent, HookRunnerLike, Parts, WebhookLike
 from spotguard.clock import Clock, SystemClock
 from spotguard.config import Config
+from spotguard.dry_run import DryHibernator, DryHookRunner, DryImageSize, DryReclaimer, DryWebhook
 from spotguard.estimator import ImageEstimator
 from spotguard.hooks import HookRunner
 from spotguard.hostfs import HostFS
@@ -14,7 +21,7 @@ from spotguard.hostlock import AGENT, HostLock
 from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsClient
 from spotguard.monitors import InstanceFacts, default_monitors, fetch_facts
-from spotguard.notify import Webhook
+from spotguard.notify import Webhook, log_host
 from spotguard.reclaim.api import Reclaimer
 from spotguard.reclaim.engine import StagedReclaimer
 from spotguard.reclaim.exclusive import ExclusiveReclaimer, agent_policy
@@ -48,6 +55,7 @@ class HibernatorFactory:
             region=hibernate.region or (facts.region if facts else ""),
             instance_id=facts.instance_id if facts else "",
             local_command=hibernate.local_command,
+            imds_url=self._config.imds.url,
         )
 
 
@@ -64,28 +72,39 @@ def image_size_control(config: Config, fs: HostFS) -> ImageSizeControl:
     return control
 
 
-def build_agent(
-    config: Config,
-    clock: Clock | None = None,
-    *,
-    fs: HostFS | None = None,
-    kernel: FileWriter | None = None,
-) -> Agent:
-    """The real agent. `kernel` replaces the cgroup file writer: only `simulate` passes one."""
-    clock = clock or SystemClock()
-    fs = fs or host_fs(config)
-    client = ImdsClient(config.imds, clock=clock)
-    webhook = (
-        Webhook(config.agent.webhook_url, config.agent.webhook_attempts, clock=clock)
-        if config.agent.webhook_url
-        else None
-    )
-    parts = Parts(
-        clock=clock,
-        monitors=default_monitors(client),
-        fetch_facts=lambda: fetch_facts(client),
-        host=HostSignals(fs),
-        estimator=ImageEstimator(fs, config.hibernate),
+class DryHibernatorFactory:
+    """What the configured mode would issue, in words, for the instance once it is known."""
+
+    def __init__(self, config: Config) -> None:
+        self._hibernate = config.hibernate
+
+    def __call__(self, facts: InstanceFacts | None) -> Hibernator:
+        mode = self._hibernate.mode
+        if mode == "ec2":
+            instance = facts.instance_id if facts else "this instance"
+            region = self._hibernate.region or (facts.region if facts else "") or "?"
+            would = f"call EC2 StopInstances(Hibernate=True) on {instance} in {region}"
+        elif mode == "local":
+            would = f"run {' '.join(self._hibernate.local_command)}"
+        else:
+            would = "issue nothing (hibernate.mode = none)"
+        return DryHibernator(mode, would)
+
+
+@dataclass(frozen=True, slots=True)
+class _Acting:
+    """The parts with effects on the host, EC2 or the outside world."""
+
+    reclaimer: Reclaimer
+    hibernator_for: Callable[[InstanceFacts | None], Hibernator]
+    hooks: HookRunnerLike
+    image_size: ImageSizeControl
+    webhook: WebhookLike | None
+
+
+def _real(config: Config, fs: HostFS, clock: Clock, kernel: FileWriter | None) -> _Acting:
+    agent = config.agent
+    return _Acting(
         reclaimer=agent_reclaimer(
             StagedReclaimer(
                 fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
@@ -94,9 +113,55 @@ def build_agent(
             clock,
         ),
         hibernator_for=HibernatorFactory(config, fs),
-        hooks=HookRunner(Path(config.agent.hook_dir), config.agent.hook_timeout, clock=clock),
-        state_file=StateFile(config.agent.state_file),
+        hooks=HookRunner(Path(agent.hook_dir), agent.hook_timeout, clock=clock),
         image_size=image_size_control(config, fs),
-        webhook=webhook,
+        webhook=Webhook(
+            agent.webhook_url,
+            agent.webhook_attempts,
+            clock=clock,
+            allow_link_local=agent.webhook_allow_link_local,
+        )
+        if agent.webhook_url
+        else None,
+    )
+
+
+def _dry(config: Config, fs: HostFS, clock: Clock) -> _Acting:
+    agent = config.agent
+    return _Acting(
+        reclaimer=DryReclaimer(fs, config.reclaim),
+        hibernator_for=DryHibernatorFactory(config),
+        hooks=DryHookRunner(HookRunner(Path(agent.hook_dir), agent.hook_timeout, clock=clock)),
+        image_size=DryImageSize(fs),
+        webhook=DryWebhook(log_host(agent.webhook_url)) if agent.webhook_url else None,
+    )
+
+
+def build_agent(
+    config: Config,
+    clock: Clock | None = None,
+    *,
+    fs: HostFS | None = None,
+    kernel: FileWriter | None = None,
+    dry_run: bool = False,
+) -> Agent:
+    """The real agent. `kernel` replaces the cgroup file writer: only `simulate` passes one.
+    `dry_run`: nothing reaches a cgroup, /sys/power, EC2, a hook or the webhook (dry_run.py)."""
+    clock = clock or SystemClock()
+    fs = fs or host_fs(config)
+    client = ImdsClient(config.imds, clock=clock)
+    acting = _dry(config, fs, clock) if dry_run else _real(config, fs, clock, kernel)
+    parts = Parts(
+        clock=clock,
+        monitors=default_monitors(client),
+        fetch_facts=lambda: fetch_facts(client),
+        host=HostSignals(fs),
+        estimator=ImageEstimator(fs, config.hibernate),
+        reclaimer=acting.reclaimer,
+        hibernator_for=acting.hibernator_for,
+        hooks=acting.hooks,
+        state_file=StateFile(config.agent.state_file),
+        image_size=acting.image_size,
+        webhook=acting.webhook,
     )
     return Agent(config, parts)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import signal
 import sys
@@ -50,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     run = commands.add_parser("run", help="the agent: watch, reclaim, hibernate")
-    run.add_argument("--dry-run", action="store_true", help="hibernate.mode = none")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide as usual, act on nothing: log the reclaim plan and the hibernation",
+    )
     run.set_defaults(func=_run)
 
     simulate.register(commands)
@@ -73,9 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     config: Config = args.config_obj
-    if args.dry_run:
-        config = dry_run(config)
-    agent = build_agent(config)
+    agent = build_agent(config, dry_run=args.dry_run)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -97,8 +98,6 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def dry_run(config: Config) -> Config:
-    return dataclasses.replace(config, hibernate=dataclasses.replace(config.hibernate, mode="none"))
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from spotguard.hostfs import read_bounded
 from spotguard.units import MAX_BYTES, parse_bytes, parse_duration, short
@@ -85,6 +86,7 @@ class AgentConfig:
     webhook_url: str = ""
     webhook_attempts: int = ranged(3, 1, 10)
     metrics_port: int = ranged(0, 0, 65535, " (0: off)")
+    webhook_allow_link_local: bool = False  # true: the webhook may target 169.254/16, fe80::/10
     metrics_address: str = "127.0.0.1"
     unhealthy_after: int = ranged(5, 1, 100_000, " polls")
     resume_jump: Seconds = ranged(Seconds(10.0), 0.01, 86400, " s")
@@ -100,6 +102,11 @@ class AgentConfig:
             self.webhook_url == "" or self.webhook_url.startswith(("http://", "https://")),
             "agent.webhook_url",
             "must be empty or an http URL",
+        )
+        _check(
+            self.webhook_url == "" or _names_host(self.webhook_url),
+            "agent.webhook_url",
+            "must name a host",
         )
 
 
@@ -189,6 +196,13 @@ class Config:
             for s in dataclasses.fields(self)
             for section in [dataclasses.asdict(getattr(self, s.name))]
         }
+
+
+def _names_host(url: str) -> bool:
+    try:
+        return bool(urlsplit(url).hostname)
+    except ValueError:  # e.g. "http://[::1": an IPv6 address left open
+        return False
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -45,17 +46,24 @@ class Hibernator(Protocol):
 def ec2_client(
     region: str,
     *,
+    imds_url: str = "",
     connect_timeout: float = 2.0,
     read_timeout: float = 5.0,
     attempts: int = 4,
 ) -> EC2Client:
     """An EC2 client the standard way (so AWS_ENDPOINT_URL_EC2, profiles and roles apply).
 
+    `imds_url` is the metadata service the agent polls: the instance role's credentials come
+    from there too, not from boto3's default 169.254.169.254, which an IPv6-only instance
+    does not have (and a test must never reach). It is set on this client's own botocore
+    session, so the process environment stays as it was.
+
     Standard retry mode retries throttling, 5xx and connection errors with jittered backoff;
     `attempts` counts the first try too. The timeouts keep every try well inside a notice.
     """
     # 20+ MiB resident: paid at the first notice, not for days of idling.
     import boto3  # noqa: PLC0415
+    import botocore.session  # noqa: PLC0415
     from botocore.config import Config as BotoConfig  # noqa: PLC0415
 
     config = BotoConfig(
@@ -63,7 +71,15 @@ def ec2_client(
         read_timeout=read_timeout,
         retries={"mode": "standard", "total_max_attempts": attempts},
     )
-    return boto3.client("ec2", region_name=region or None, config=config)
+    session = botocore.session.get_session()
+    if imds_url:
+        host = urlsplit(imds_url).hostname or ""
+        session.set_config_variable("ec2_metadata_service_endpoint", imds_url)
+        mode = "IPv6" if ":" in host else "IPv4"
+        session.set_config_variable("ec2_metadata_service_endpoint_mode", mode)
+    return boto3.Session(botocore_session=session).client(
+        "ec2", region_name=region or None, config=config
+    )
 
 
 # What to do about the errors StopInstances(Hibernate=True) is known to give.
@@ -241,11 +257,13 @@ def make_hibernator(
     instance_id: str,
     client: EC2Client | None = None,
     local_command: Sequence[str] = ("systemctl", "hibernate"),
+    imds_url: str = "",
 ) -> Hibernator:
-    """The hibernator for `hibernate.mode` (ec2 | local | none); never fails for want of facts."""
+    """The hibernator for `hibernate.mode` (ec2 | local | none); never fails for want of facts.
+    `imds_url`: where EC2 mode's credentials come from (see `ec2_client`)."""
     if mode == "ec2":
         try:
-            return Ec2Hibernator(client or ec2_client(region), instance_id)
+            return Ec2Hibernator(client or ec2_client(region, imds_url=imds_url), instance_id)
         except BotoCoreError as exc:  # e.g. no region: the metadata service has not said yet
             return RefusingHibernator(mode, f"no EC2 client: {exc}", type(exc).__name__)
     if mode == "local":

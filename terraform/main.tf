@@ -34,11 +34,12 @@ locals {
 
   user_data_template = coalesce(var.user_data_template, "${path.module}/../cloud-init/user-data.yaml")
   user_data = templatefile(local.user_data_template, {
-    spotguard_package = var.spotguard_package
-    hibernate_mode    = var.hibernate_mode
-    imds_url          = var.imds_url
-    swap_mb           = local.swap_mb
-    config_toml       = var.config_toml
+    spotguard_source = var.spotguard_source
+    spotguard_lock   = var.spotguard_lock
+    hibernate_mode   = var.hibernate_mode
+    imds_url         = var.imds_url
+    swap_mb          = local.swap_mb
+    config_toml      = var.config_toml
   })
 
   tags = merge(var.tags, { "spotguard:fleet" = var.name })

@@ -169,14 +169,29 @@ variable "user_data_template" {
   default     = null
 }
 
-variable "spotguard_package" {
-  description = "What cloud-init's spotguard-install puts in place: a pip spec (options allowed: \"--index-url URL spotguard==0.1.0\"), a wheel URL or file, or a directory of wheels on the image."
+variable "spotguard_lock" {
+  description = "The exact spotguard release to install: a pip lock of name==version --hash=sha256:HEX lines, spotguard's and every dependency's (cloud-init/lock.py writes one for a wheelhouse), e.g. file(\"spotguard-0.1.0.lock\"). Installed with pip --require-hashes: nothing floats."
   type        = string
-  default     = "spotguard"
 
   validation {
-    condition     = can(regex("^\\S[^\\r\\n]*$", var.spotguard_package))
-    error_message = "spotguard_package must be one non-empty line."
+    condition = (
+      length(regexall("(?m)^spotguard==\\S+ --hash=sha256:[0-9a-f]{64}", var.spotguard_lock)) == 1 &&
+      alltrue([for line in split("\n", var.spotguard_lock) :
+        can(regex("^([A-Za-z0-9._-]+==\\S+( --hash=sha256:[0-9a-f]{64})+|#.*|)$", trimspace(line)))
+      ])
+    )
+    error_message = "spotguard_lock must pin spotguard==VERSION and every other line NAME==VERSION, each with --hash=sha256:HEX."
+  }
+}
+
+variable "spotguard_source" {
+  description = "Where spotguard-install takes the wheels spotguard_lock pins: a package index URL, or a directory of wheels on the image (offline)."
+  type        = string
+  default     = "https://pypi.org/simple"
+
+  validation {
+    condition     = can(regex("^(https?://|/)[^\\s]*$", var.spotguard_source))
+    error_message = "spotguard_source must be an http(s) index URL or an absolute directory path."
   }
 }
 

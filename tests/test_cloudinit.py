@@ -8,7 +8,9 @@ boot configuration; cloud-init's own schema check needs the Debian package that
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 import shutil
 import stat
 import struct
@@ -29,12 +31,14 @@ RENDER = REPO / "cloud-init" / "render.py"
 TEMPLATE = REPO / "cloud-init" / "user-data.yaml"
 SETUP_SWAP = REPO / "cloud-init" / "spotguard-setup-swap"
 INSTALL = REPO / "cloud-init" / "spotguard-install"
+LOCK = REPO / "cloud-init" / "lock.py"
 UNIT = REPO / "systemd" / "spotguard.service"
 SLEEP_HOOK = REPO / "systemd" / "spotguard-sleep"
 CLOUD_INIT = REPO / ".cache" / "cloud-init"
 FIBMAP = 1  # ioctl: a file's block -> the filesystem's block
 SAMPLE = {
-    "spotguard_package": "/opt/wheels",
+    "spotguard_source": "/opt/wheels",
+    "spotguard_lock": "spotguard==0.1.0 --hash=sha256:" + "0" * 64 + "\n",
     "hibernate_mode": "local",
     "imds_url": "http://169.254.169.254",  # rendered into text only: nothing connects to it
     "swap_mb": "0",
@@ -99,6 +103,12 @@ def test_rendered_user_data_writes_the_repository_files_verbatim() -> None:
     assert written["/usr/lib/systemd/system-sleep/spotguard"]["permissions"] == "0755"
 
 
+def test_the_lock_reaches_the_instance_verbatim_in_the_user_data() -> None:
+    lock = "".join(f"p{i}==1.{i} --hash=sha256:{i:064x}\n" for i in range(40)) + "# {x}\n"
+    written = {f["path"]: f for f in _files(_parsed({**SAMPLE, "spotguard_lock": lock}))}
+    assert written["/etc/spotguard/spotguard.lock"]["content"] == lock
+
+
 def test_config_toml_combines_the_variables_and_the_extra_toml() -> None:
     values = {**SAMPLE, "imds_url": "http://127.0.0.1:8169", "hibernate_mode": "ec2"}
     config = from_mapping(tomllib.loads(_config_text(_parsed(values))), env={})
@@ -115,10 +125,10 @@ def test_config_toml_may_extend_hibernate_with_dotted_keys() -> None:
 
 
 def test_runcmd_installs_swaps_checks_and_starts_in_that_order() -> None:
-    spec = '--index-url https://pypi.example/simple "spotguard==0.1.0" <&>'
-    runcmd = _parsed({**SAMPLE, "spotguard_package": spec, "swap_mb": "6000"})["runcmd"]
+    source = 'https://pypi.example/simple?x="<&>"'
+    runcmd = _parsed({**SAMPLE, "spotguard_source": source, "swap_mb": "6000"})["runcmd"]
     assert runcmd == [
-        ["/usr/local/sbin/spotguard-install", spec],
+        ["/usr/local/sbin/spotguard-install", source, "/etc/spotguard/spotguard.lock"],
         ["/usr/local/sbin/spotguard-setup-swap", "--size-mb", "6000"],
         ["/usr/local/bin/spotguard", "--config", "/etc/spotguard/config.toml", "config", "show"],
         ["systemctl", "enable", "--now", "spotguard.service"],
@@ -210,20 +220,66 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     assert "Failed to parse service type" in verify_unit(broken, tmp_path)
 
 
+def _unit_settings() -> dict[str, list[str]]:
+    """Every `Key=value` of the unit, a key set more than once keeping all its values."""
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
 def test_unit_lets_the_agent_do_its_job() -> None:
-    lines = UNIT.read_text().splitlines()
-    settings = [line.partition("=") for line in lines if "=" in line and not line.startswith("#")]
-    unit = {key: value for key, _, value in settings}
+    unit = {key: " ".join(values) for key, values in _unit_settings().items()}
     assert unit["Type"] == "notify"
     assert unit["WatchdogSec"]
     assert unit["Restart"] == "on-failure"
     assert unit["ExecStart"] == "/usr/local/bin/spotguard --config /etc/spotguard/config.toml run"
     assert unit["ProtectSystem"] == "strict"
-    writable = unit["ReadWritePaths"].split()
-    assert {"/sys/fs/cgroup", "/sys/power", "-/proc/sys/vm"} <= set(writable)
+    assert unit["ProtectKernelTunables"] == "yes"
+    # Writable under ProtectKernelTunables: the cgroup tree and exactly the files written.
+    assert set(unit["ReadWritePaths"].split()) == {
+        "/sys/fs/cgroup",
+        "-/sys/power/image_size",
+        "-/sys/power/state",
+        "-/sys/power/disk",
+        "-/proc/sys/vm/drop_caches",
+    }
     assert unit["StateDirectory"] == "spotguard"  # /var/lib/spotguard, the state file
     assert "AF_INET" in unit["RestrictAddressFamilies"]  # the metadata service and EC2 API
     assert "AF_UNIX" in unit["RestrictAddressFamilies"]  # systemctl hibernate, NOTIFY_SOCKET
+
+
+def test_unit_grants_only_the_capability_the_sleep_path_needs() -> None:
+    unit = _unit_settings()
+    assert unit["CapabilityBoundingSet"] == ["CAP_SYS_BOOT"]
+    assert unit["AmbientCapabilities"] == [""]
+    assert unit["NoNewPrivileges"] == ["yes"]
+    filters = unit["SystemCallFilter"]
+    assert filters[0] == "@system-service"
+    assert {"@privileged", "@reboot", "@swap", "@mount", "@module"} <= set(filters[1][1:].split())
+
+
+def test_unit_exposure_is_ok_for_systemd_analyze_security(tmp_path: Path) -> None:
+    """systemd's own score of the sandbox: 3.0 or less is "OK"."""
+    binary = tmp_path / "spotguard"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    copy = tmp_path / "spotguard.service"
+    copy.write_text(
+        UNIT.read_text().replace("ExecStart=/usr/local/bin/spotguard", f"ExecStart={binary}")
+    )
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--threshold=30", str(copy)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    overall = re.search(r"Overall exposure level for \S+: (\d+\.\d)", done.stdout)
+    assert overall is not None, done.stdout[-500:]
+    assert float(overall[1]) <= 3.0
 
 
 def _fake_systemctl(tmp_path: Path, active: bool) -> tuple[dict[str, str], Path]:
@@ -386,54 +442,170 @@ def test_bad_usage_exits_2(tmp_path: Path, args: list[str]) -> None:
 
 
 # -- the install script ----------------------------------------------------------------------
-def _wheelhouse(tmp_path: Path) -> Path:
-    """A wheel named spotguard with a `spotguard` command: enough to prove the install path."""
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    info = "spotguard-9.9.9.dist-info"
-    with zipfile.ZipFile(wheels / "spotguard-9.9.9-py3-none-any.whl", "w") as whl:
-        whl.writestr("spotguard_probe.py", "def main() -> None:\n    print('probe ok')\n")
+def _wheel(wheels: Path, name: str, version: str, requires: str = "", module: str = "") -> Path:
+    """A minimal wheel; `module` with a `main` becomes the `spotguard` command."""
+    info = f"{name}-{version}.dist-info"
+    path = wheels / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        requires_line = f"Requires-Dist: {requires}\n" if requires else ""
         whl.writestr(
             f"{info}/METADATA",
-            "Metadata-Version: 2.1\nName: spotguard\nVersion: 9.9.9\n",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{requires_line}",
         )
         whl.writestr(
             f"{info}/WHEEL",
             "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         )
-        whl.writestr(
-            f"{info}/entry_points.txt",
-            "[console_scripts]\nspotguard = spotguard_probe:main\n",
-        )
+        if module:
+            whl.writestr(f"{module}.py", "def main() -> None:\n    print('probe ok')\n")
+            whl.writestr(
+                f"{info}/entry_points.txt", f"[console_scripts]\nspotguard = {module}:main\n"
+            )
         whl.writestr(f"{info}/RECORD", "")
+    return path
+
+
+def _wheelhouse(tmp_path: Path) -> Path:
+    """spotguard 9.9.9 (a `spotguard` command) and the one dependency it requires."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "spotguard", "9.9.9", requires="spotguard-dep==1.0", module="spotguard_probe")
+    _wheel(wheels, "spotguard_dep", "1.0")
     return wheels
 
 
-def test_install_from_a_wheel_directory_offline_and_link_the_command(tmp_path: Path) -> None:
-    wheels = _wheelhouse(tmp_path)
-    venv, link = tmp_path / "opt/spotguard", tmp_path / "bin/spotguard"
+def _run_lock(wheels: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(LOCK), str(wheels)], capture_output=True, text=True, check=False
+    )
+
+
+def lock_for(wheels: Path) -> str:
+    """The hash-pinned lock of a wheelhouse (cloud-init/lock.py): the spotguard_lock value."""
+    done = _run_lock(wheels)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _lock(wheels: Path, tmp_path: Path) -> Path:
+    lock = tmp_path / "spotguard.lock"
+    lock.write_text(lock_for(wheels))
+    return lock
+
+
+def _install(*args: Path | str) -> subprocess.CompletedProcess[str]:
     # No site configuration or PIP_* settings: offline for real.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     env["PIP_CONFIG_FILE"] = os.devnull
-    done = subprocess.run(
-        [str(INSTALL), str(wheels), str(venv), str(link)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
+    return subprocess.run(
+        [str(INSTALL), *map(str, args)], capture_output=True, text=True, env=env, check=False
     )
+
+
+def test_lock_pins_every_wheel_of_the_folder_by_version_and_hash(tmp_path: Path) -> None:
+    wheels = _wheelhouse(tmp_path)
+    lines = _lock(wheels, tmp_path).read_text().splitlines()
+    digest = hashlib.sha256((wheels / "spotguard-9.9.9-py3-none-any.whl").read_bytes())
+    assert lines == [
+        f"spotguard==9.9.9 --hash=sha256:{digest.hexdigest()}",
+        "spotguard-dep==1.0 --hash=sha256:"
+        + hashlib.sha256((wheels / "spotguard_dep-1.0-py3-none-any.whl").read_bytes()).hexdigest(),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"), [(None, "no spotguard wheel"), ("spotguard_dep-2.0", "two wheels")]
+)
+def test_lock_refuses_a_folder_that_is_not_one_release(
+    tmp_path: Path, extra: str | None, error: str
+) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "spotguard_dep", "1.0")
+    if extra:
+        _wheel(wheels, "spotguard", "9.9.9")
+        name, version = extra.split("-")
+        _wheel(wheels, name, version)
+    done = _run_lock(wheels)
+    assert done.returncode == 1
+    assert error in done.stderr
+
+
+def test_install_the_locked_release_offline_and_link_the_command(tmp_path: Path) -> None:
+    wheels = _wheelhouse(tmp_path)
+    lock = _lock(wheels, tmp_path)
+    venv, link = tmp_path / "opt/spotguard", tmp_path / "bin/spotguard"
+    done = _install(wheels, lock, venv, link)
     assert done.returncode == 0, done.stderr
     assert "spotguard-install: 9.9.9 in" in done.stderr
     assert os.readlink(link) == str(venv / "bin/spotguard")
     ran = subprocess.run([str(link)], capture_output=True, text=True, check=True)
     assert ran.stdout == "probe ok\n"
-    # A pip spec (split into arguments) reaches the same venv again.
-    spec = f"--no-index --find-links {wheels} spotguard==9.9.9"
-    again = subprocess.run(
-        [str(INSTALL), spec, str(venv), str(link)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    # Run again (first boot after a bake): the same lock keeps the venv as it is.
+    marker = venv / "kept"
+    marker.touch()
+    again = _install(wheels, lock, venv, link)
     assert again.returncode == 0, again.stderr
+    assert "already holds this lock" in again.stderr
+    assert marker.exists()
+
+
+def test_a_venv_from_anything_but_this_lock_is_made_afresh(tmp_path: Path) -> None:
+    wheels = _wheelhouse(tmp_path)
+    venv = tmp_path / "opt/spotguard"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    (venv / "planted").touch()  # e.g. an image's venv installed some other way
+    done = _install(wheels, _lock(wheels, tmp_path), venv, tmp_path / "bin/spotguard")
+    assert done.returncode == 0, done.stderr
+    assert not (venv / "planted").exists()
+    assert (venv / ".spotguard-lock.sha256").is_file()
+
+
+def test_a_wheel_whose_bytes_differ_from_the_lock_is_refused(tmp_path: Path) -> None:
+    wheels = _wheelhouse(tmp_path)
+    lock = _lock(wheels, tmp_path)
+    dep = wheels / "spotguard_dep-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(dep, "a") as whl:  # the same name and version, other bytes
+        whl.writestr("spotguard_dep_payload.py", "import os\n")
+    done = _install(wheels, lock, tmp_path / "venv", tmp_path / "bin/spotguard")
+    assert done.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in done.stderr
+    assert not (tmp_path / "bin/spotguard").exists()
+
+
+def test_a_dependency_the_lock_does_not_pin_is_refused(tmp_path: Path) -> None:
+    wheels = _wheelhouse(tmp_path)
+    lock = _lock(wheels, tmp_path)
+    lock.write_text(lock.read_text().splitlines()[0] + "\n")  # spotguard only
+    done = _install(wheels, lock, tmp_path / "venv", tmp_path / "bin/spotguard")
+    assert done.returncode != 0
+    assert "spotguard-dep" in done.stderr
+    assert "hash" in done.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("lock_text", "source", "error"),
+    [
+        ("spotguard\n", None, "pins no spotguard==VERSION"),
+        ("spotguard==9.9.9\n", None, "pins no spotguard==VERSION"),
+        (None, "spotguard==9.9.9", "SOURCE must be a directory of wheels or an http(s) index"),
+    ],
+)
+def test_floating_names_and_unknown_sources_are_refused(
+    tmp_path: Path, lock_text: str | None, source: str | None, error: str
+) -> None:
+    wheels = _wheelhouse(tmp_path)
+    lock = _lock(wheels, tmp_path)
+    if lock_text is not None:
+        lock.write_text(lock_text)
+    done = _install(source or wheels, lock, tmp_path / "venv", tmp_path / "bin/spotguard")
+    assert done.returncode == 2
+    assert error in done.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_user_data_with_a_release_sized_lock_fits_ec2s_16_kb() -> None:
+    """A release is ~15 wheels (spotguard, boto3, botocore, requests, ...), one hash each."""
+    lock = "".join(f"package-name-{i:02}==10.20.{i} --hash=sha256:{i:064x}\n" for i in range(18))
+    text = render_user_data({**SAMPLE, "spotguard_lock": lock, "config_toml": "[agent]\n" * 10})
+    assert len(text.encode()) <= 16384

@@ -13,6 +13,7 @@ logged with its time; the consoles are kept in the test's tmp_path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,10 +23,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
 from testbed.guest import BaseImage, Disks, Ec2Identity, Guest, ImdsNetwork
-from tests.test_cloudinit import render_user_data
+from tests.test_cloudinit import lock_for, render_user_data
 
 pytestmark = pytest.mark.guest
 
@@ -52,16 +54,44 @@ def post_notice(simulator: str) -> str:
     return re.escape(f'"id": "spot-itn:stop:{deadline}"') + ".*" + _event("notice.received")
 
 
+# A test-only step after the user-data's own: what the kernel says of the unit's main process.
+PROBE = (
+    'pid=$(systemctl show --property=MainPID --value spotguard.service); echo "spotguard-probe:'
+    " $(grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/$pid/status | tr -s '\\t\\n' '  ')\""
+)
+CAP_SYS_BOOT_ONLY = f"{1 << 22:016x}"  # the unit's CapabilityBoundingSet, as /proc shows it
+
+
+def with_probe(user_data: str) -> str:
+    data = yaml.safe_load(user_data)
+    data["runcmd"].append(["sh", "-c", PROBE])
+    return "#cloud-config\n" + yaml.safe_dump(data, sort_keys=False)
+
+
 def _words(text: str) -> dict[str, str]:
     return {key: value for key, _, value in (w.partition("=") for w in text.split())}
+
+
+def _wheelhouse(guest_image: BaseImage) -> Path:
+    """The testbed's wheelhouse, the cache entry next to the image; /opt/wheels in the guest."""
+    wheels = sorted(guest_image.root.parent.glob("wheels-*"))
+    if not wheels:
+        pytest.skip(f"no wheelhouse in {guest_image.root.parent}")
+    return wheels[-1]
 
 
 def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
     guest_image: BaseImage, tmp_path: Path
 ) -> None:
+    wheels = _wheelhouse(guest_image)
+    lock = lock_for(wheels)
+    lock_sha = hashlib.sha256(lock.encode()).hexdigest()
     user_data = render_user_data(
         {
-            "spotguard_package": "/opt/wheels",  # the testbed's wheelhouse: offline install
+            # The testbed's wheelhouse, installed offline and only if every hash matches; the
+            # image's own /opt/spotguard holds no lock stamp, so it is made afresh.
+            "spotguard_source": "/opt/wheels",
+            "spotguard_lock": lock,
             "hibernate_mode": "local",
             # Inside the guest only, where QEMU's guestfwd relays it to the host's 127.0.0.1.
             "imds_url": "http://169.254.169.254",
@@ -78,13 +108,18 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
     disks = Disks.create(guest_image, tmp_path / "disks")
     instance = SimulatedInstance(mac=QEMU_MAC)
     try:
-        with MetadataSimulator(instance=instance, user_data=user_data.encode()) as sim:
+        probed = with_probe(user_data).encode()
+        with MetadataSimulator(instance=instance, user_data=probed) as sim:
             network = ImdsNetwork(int(sim.url.rsplit(":", 1)[1]))
             identity = Ec2Identity()
             with Guest.boot(
                 guest_image, disks, tmp_path, network=network, identity=identity, name="setup"
             ) as guest:
                 step("boot 1: cloud-init, Ec2 datasource", simulator=sim.url, logs=tmp_path)
+                installed = guest.wait_for(
+                    rf"spotguard-install: \S+ in /opt/spotguard \(lock {lock_sha}\)", SETUP_TIMEOUT
+                )
+                step("installed from the lock, hashes checked", line=installed.text.strip())
                 ready = guest.wait_for(READY, SETUP_TIMEOUT)
                 fields = _words(ready.text.split("ready:", 1)[1])
                 step("swap ready", **fields)
@@ -93,6 +128,17 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
                 started = guest.wait_for(_event("agent.started"), STEP_TIMEOUT)
                 assert '"mode": "local"' in started.text
                 step("agent started under systemd")
+                probed_line = guest.wait_for(r"spotguard-probe: Cap", STEP_TIMEOUT).text
+                probe = dict(
+                    re.findall(r"(CapBnd|CapEff|NoNewPrivs|Seccomp):\s+(\w+)", probed_line)
+                )
+                step("the unit's sandbox", **probe)
+                assert probe == {
+                    "CapBnd": CAP_SYS_BOOT_ONLY,
+                    "CapEff": CAP_SYS_BOOT_ONLY,
+                    "NoNewPrivs": "1",
+                    "Seccomp": "2",  # a filter: SystemCallFilter is in force
+                }
 
                 notice = post_notice(sim.url)
                 step("spot notice posted: stop in 120 s")
@@ -139,18 +185,19 @@ def test_bake_into_a_debian_root_folder(guest_image: BaseImage, tmp_path: Path) 
     The layer and wheelhouse folders are the testbed's cache entries next to the image.
     """
     cache = guest_image.root.parent
-    layers, wheels = sorted(cache.glob("rootfs-*")), sorted(cache.glob("wheels-*"))
-    if not layers or not wheels:
-        pytest.skip(f"no OS layer or wheelhouse in {cache}")
+    layers, wheels = sorted(cache.glob("rootfs-*")), _wheelhouse(guest_image)
+    if not layers:
+        pytest.skip(f"no OS layer in {cache}")
     root = tmp_path / "rootfs"  # 700+ MB: removed at the end, not kept for pytest
     try:
         subprocess.run(["cp", "-a", "--reflink=auto", str(layers[-1]), str(root)], check=True)
-        shutil.copytree(wheels[-1], root / "opt/wheels")
+        shutil.copytree(wheels, root / "opt/wheels")
         user_data = tmp_path / "user-data.yaml"
         user_data.write_text(
             render_user_data(
                 {
-                    "spotguard_package": "/opt/wheels",  # as seen inside the folder
+                    "spotguard_source": "/opt/wheels",  # as seen inside the folder
+                    "spotguard_lock": lock_for(wheels),
                     "hibernate_mode": "ec2",
                     "imds_url": "http://169.254.169.254",
                     "swap_mb": "0",

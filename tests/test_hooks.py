@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import time
 from pathlib import Path
 
@@ -117,3 +119,122 @@ def test_missing_folder_means_no_hooks(tmp_path: Path) -> None:
 def test_unknown_kind_is_a_programming_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown hook kind"):
         HookRunner(tmp_path, timeout_s=1).run("pre-lunch", EVENT)
+
+
+# -- only root's hooks run as root -----------------------------------------------------------
+NOBODY = pwd.getpwnam("nobody")
+
+
+def run_marked(root: Path, kind: str = "on-notice") -> tuple[list[HookResult], list[str]]:
+    """Run `kind`; the hooks made by `planted` leave a mark when they run."""
+    with capture_logs() as logs:
+        results = HookRunner(root, timeout_s=5).run(kind, EVENT)
+    skipped = [e["reason"] for e in logs if e["event"] == "hook.skipped"]
+    return results, skipped
+
+
+def planted(root: Path, mark: Path, kind: str = "on-notice", name: str = "hook") -> Path:
+    return hook(root, kind, name, f"echo ran >> {mark}")
+
+
+def test_a_hook_written_by_nobody_into_a_0777_folder_does_not_run(tmp_path: Path) -> None:
+    root, mark = tmp_path / "hooks", tmp_path / "mark"
+    path = planted(root, mark)
+    path.parent.chmod(0o777)
+    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    results, skipped = run_marked(root)
+    assert not mark.exists()
+    assert [r.returncode for r in results] == [None]
+    # The file is checked first: its owner is the first reason given.
+    assert skipped == [f"{path} is owned by uid {NOBODY.pw_uid}, not root"]
+    assert results[0].error == f"skipped: {skipped[0]}"
+
+
+@pytest.mark.parametrize("where", ["file", "kind folder", "hook root"])
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_group_or_world_writable_on_the_way_is_skipped(
+    tmp_path: Path, where: str, mode: int
+) -> None:
+    root, mark = tmp_path / "hooks", tmp_path / "mark"
+    path = planted(root, mark)
+    item = {"file": path, "kind folder": path.parent, "hook root": root}[where]
+    item.chmod(mode)
+    _, skipped = run_marked(root)
+    assert not mark.exists()
+    assert skipped == [f"{item} is writable by its group or others (mode {mode:04o})"]
+
+
+@pytest.mark.parametrize("where", ["kind folder", "hook root"])
+def test_a_folder_on_the_way_owned_by_someone_else_is_skipped(tmp_path: Path, where: str) -> None:
+    root, mark = tmp_path / "hooks", tmp_path / "mark"
+    path = planted(root, mark)
+    item = {"kind folder": path.parent, "hook root": root}[where]
+    os.chown(item, NOBODY.pw_uid, NOBODY.pw_gid)
+    _, skipped = run_marked(root)
+    assert not mark.exists()
+    assert skipped == [f"{item} is owned by uid {NOBODY.pw_uid}, not root"]
+
+
+def test_what_is_above_the_hook_root_is_not_the_hooks_business(tmp_path: Path) -> None:
+    above = tmp_path / "shared"
+    root, mark = above / "hooks", tmp_path / "mark"
+    planted(root, mark)
+    above.chmod(0o777)
+    results, skipped = run_marked(root)
+    assert (skipped, [r.ok for r in results]) == ([], [True])
+    assert mark.read_text() == "ran\n"
+
+
+def test_a_symlink_to_elsewhere_is_skipped(tmp_path: Path) -> None:
+    root, mark = tmp_path / "hooks", tmp_path / "mark"
+    elsewhere = planted(tmp_path / "elsewhere", mark)  # root's own, but not a hook
+    link = root / "on-notice" / "link"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(elsewhere)
+    _, skipped = run_marked(root)
+    assert not mark.exists()
+    assert skipped == [f"{link} resolves outside the hook folder {root}, to {elsewhere}"]
+
+
+def test_a_kind_folder_that_is_a_symlink_to_elsewhere_is_skipped(tmp_path: Path) -> None:
+    root, mark = tmp_path / "hooks", tmp_path / "mark"
+    elsewhere = planted(tmp_path / "elsewhere", mark)
+    root.mkdir()
+    (root / "on-notice").symlink_to(elsewhere.parent)
+    _, skipped = run_marked(root)
+    assert not mark.exists()
+    assert len(skipped) == 1
+    assert "resolves outside the hook folder" in skipped[0]
+
+
+def test_a_symlink_within_the_hook_root_runs_the_file_it_names(tmp_path: Path) -> None:
+    root, trail = tmp_path / "hooks", tmp_path / "trail"
+    shared = hook(root, "shared", "notify", f'echo "$0" >> {trail}')
+    link = root / "on-notice" / "notify"
+    link.parent.mkdir()
+    link.symlink_to("../shared/notify")
+    results, skipped = run_marked(root)
+    assert (skipped, [(r.hook, r.ok) for r in results]) == ([], [("notify", True)])
+    assert trail.read_text() == f"{shared}\n"  # what was checked is what ran
+
+
+def test_a_symlink_into_the_root_from_a_writable_folder_is_skipped(tmp_path: Path) -> None:
+    """The link itself could be swapped by whoever may write the folder holding it."""
+    root, mark = tmp_path / "hooks", tmp_path / "mark"
+    target = planted(root, mark, kind="shared")
+    link = root / "on-notice" / "hook"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    link.parent.chmod(0o777)
+    _, skipped = run_marked(root)
+    assert not mark.exists()
+    assert skipped == [f"{link.parent} is writable by its group or others (mode 0777)"]
+
+
+def test_a_dangling_symlink_is_skipped_as_not_executable(tmp_path: Path) -> None:
+    root = tmp_path / "hooks"
+    (root / "on-notice").mkdir(parents=True)
+    (root / "on-notice" / "gone").symlink_to(root / "nowhere")
+    with capture_logs() as logs:
+        assert HookRunner(root, timeout_s=1).run("on-notice", EVENT) == []
+    assert [e["event"] for e in logs] == ["hook.not_executable"]

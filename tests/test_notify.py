@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
@@ -15,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from spotguard.clock import FakeClock, SystemClock
+from spotguard.config import ConfigError, from_mapping
 from spotguard.notify import Webhook
 
 PAYLOAD = {"event": "spot-interruption", "action": "hibernate", "deadline": 1_800_000_120.0}
@@ -133,3 +135,125 @@ def test_an_unreachable_receiver_is_retried_then_given_up() -> None:
 def test_values_json_cannot_encode_are_sent_as_text(receiver: Receiver) -> None:
     assert Webhook(receiver.url, attempts=1).send({"hooks": Path("/etc/spotguard"), "n": 1}, None)
     assert receiver.bodies == [{"hooks": "/etc/spotguard", "n": 1}]
+
+
+# -- where a webhook may go, and what its logs may say ---------------------------------------
+def test_a_failing_webhook_logs_the_host_never_the_path_query_or_password(
+    receiver: Receiver,
+) -> None:
+    receiver.statuses = [500] * 3
+    port = receiver.url.split(":")[2].split("/")[0]
+    url = f"http://user:hunter2@127.0.0.1:{port}/hooks/secret-token?key=s3cr3t#frag"
+    with capture_logs() as logs:
+        assert not Webhook(url, attempts=3, clock=FakeClock()).send(PAYLOAD, None)
+    assert [e["event"] for e in logs] == ["webhook.retry", "webhook.retry", "webhook.failed"]
+    assert logs[-1]["host"] == f"127.0.0.1:{port}"
+    assert logs[-1]["error"] == "HTTP 500"
+    for secret in ("secret-token", "s3cr3t", "hunter2", "/hooks", "frag"):
+        assert all(secret not in str(e) for e in logs), secret
+
+
+def test_a_refused_connection_is_logged_without_the_url() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/t/secret-token"
+        with capture_logs() as logs:
+            assert not Webhook(url, attempts=1, clock=FakeClock()).send(PAYLOAD, None)
+    assert logs[-1]["error"] == "connection failed"
+    assert "secret-token" not in str(logs)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # the metadata service
+        "http://169.254.170.2/v2/credentials/x",  # ECS task credentials
+        "http://[fd00:ec2::254]/latest/meta-data/",  # the metadata service over IPv6
+        "http://[fe80::1%25eth0]:8080/x",  # any other link-local address
+        "http://[::ffff:169.254.169.254]/",  # the same, IPv4-mapped
+    ],
+)
+def test_link_local_and_metadata_targets_are_refused_without_a_request(url: str) -> None:
+    checked: list[str] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        checked.append(host)  # a literal address still goes through the same check
+        return [host.strip("[]")]
+
+    with capture_logs() as logs:
+        assert not Webhook(url, attempts=3, clock=FakeClock(), resolver=resolver).send(
+            PAYLOAD, None
+        )
+    assert [e["event"] for e in logs] == ["webhook.refused"]
+    assert "link-local or the metadata service" in logs[0]["reason"]
+    assert checked  # checked, then refused: no attempt was made
+
+
+def test_a_name_that_resolves_to_the_metadata_service_is_refused() -> None:
+    def resolver(host: str, port: int) -> list[str]:
+        assert (host, port) == ("instance-data.example", 443)
+        return ["10.0.0.7", "169.254.169.254"]
+
+    with capture_logs() as logs:
+        webhook = Webhook("https://instance-data.example/x", 3, resolver=resolver)
+        assert not webhook.send(PAYLOAD, None)
+    assert logs == [
+        {
+            "event": "webhook.refused",
+            "host": "instance-data.example",
+            "reason": "it resolves to 169.254.169.254: link-local or the metadata service",
+            "log_level": "warning",
+        }
+    ]
+
+
+def test_a_connection_that_reaches_a_refused_address_is_cut_before_sending(
+    receiver: Receiver,
+) -> None:
+    """DNS said one thing, the connection went elsewhere (a rebinding): the connected peer is
+    checked too. Here 127.0.0.0/8 plays the refused network, so the peer is a real server."""
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    with capture_logs() as logs:
+        webhook = Webhook(
+            receiver.url,
+            3,
+            clock=FakeClock(),
+            resolver=lambda host, port: ["192.0.2.10"],  # what the check was told
+            refused=loopback,
+        )
+        assert not webhook.send(PAYLOAD, None)
+    assert receiver.bodies == []  # not a byte of the request was sent
+    assert [e["event"] for e in logs] == ["webhook.refused"]  # not retried
+    assert (
+        logs[0]["reason"] == "the connection reached 127.0.0.1: link-local or the metadata service"
+    )
+
+
+def test_link_local_targets_may_be_allowed_explicitly(receiver: Receiver) -> None:
+    loopback = (ipaddress.ip_network("127.0.0.0/8"),)
+    webhook = Webhook(receiver.url, 1, allow_link_local=True, refused=loopback)
+    assert webhook.send(PAYLOAD, None)
+    assert receiver.bodies == [PAYLOAD]
+
+
+def test_an_ordinary_receiver_by_name_is_reached(receiver: Receiver) -> None:
+    url = receiver.url.replace("127.0.0.1", "localhost")
+    assert Webhook(url, 1).send(PAYLOAD, None)
+    assert receiver.bodies == [PAYLOAD]
+
+
+def test_the_config_allows_link_local_only_when_asked_and_wants_a_host() -> None:
+    assert from_mapping({}, env={}).agent.webhook_allow_link_local is False
+    env = {"SPOTGUARD_AGENT_WEBHOOK_ALLOW_LINK_LOCAL": "true"}
+    assert from_mapping({}, env=env).agent.webhook_allow_link_local is True
+    for url in ("https:///no-host", "http://[::1/open-bracket"):
+        with pytest.raises(ConfigError, match=r"agent\.webhook_url: must name a host"):
+            from_mapping({"agent": {"webhook_url": url}}, env={})
+
+
+def test_a_url_with_a_bad_port_fails_as_a_send_not_at_start() -> None:
+    with capture_logs() as logs:
+        webhook = Webhook("http://127.0.0.1:http/x", 1, clock=FakeClock())
+        assert not webhook.send(PAYLOAD, None)
+    assert logs[-1]["event"] == "webhook.failed"
+    assert logs[-1]["host"] == "127.0.0.1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,11 @@ import pytest
 import requests
 from mypy_boto3_ec2 import EC2Client
 
+from spotguard.assemble import HibernatorFactory
+from spotguard.config import from_mapping
 from spotguard.hostfs import HostFS
+from spotguard.monitors import InstanceFacts
+from spotguard.simulator import MetadataSimulator, SimulatedInstance
 from spotguard.trigger import (
     DryRunHibernator,
     Ec2Hibernator,
@@ -288,3 +293,86 @@ def test_ec2_without_a_region_refuses_cleanly(
     for result in (hibernator.preflight(), hibernator.hibernate()):
         assert (result.issued, result.error_code) == (False, "NoRegionError")
         assert "region" in result.reason
+
+
+# -- the instance role's credentials come from the agent's metadata endpoint -----------------
+NO_OTHER_CREDENTIALS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+
+def recorded_headers(moto: MotoServer, action: str) -> list[dict[str, str]]:
+    found = []
+    for line in moto.recorded().splitlines():
+        entry = json.loads(line)
+        body = entry["body"]
+        text = base64.b64decode(body).decode() if entry.get("body_encoded") else body
+        if parse_qs(text).get("Action") == [action]:
+            found.append({k.lower(): v for k, v in entry["headers"].items()})
+    return found
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1"])
+def test_the_role_credentials_come_from_the_agents_metadata_service(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    """Only the simulator can hand boto3 credentials here: no keys in the environment or in
+    files, and boto3's default metadata address is not the one configured. StopInstances then
+    reaches moto signed with exactly the simulator's role credentials."""
+    ec2 = moto_server.ec2()  # explicit test keys, for the setup only
+    instance_id = launch(ec2)
+    for name in NO_OTHER_CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    with MetadataSimulator(address=address) as sim:
+        role = sim.instance.iam_role
+        # As the agent builds it: from the config, whose imds.url is the simulator.
+        config = from_mapping({"imds": {"url": sim.url}, "hibernate": {"mode": "ec2"}}, env={})
+        facts = InstanceFacts(instance_id, "us-east-1", "spot", hibernation_configured=True)
+        hibernator = HibernatorFactory(config, HostFS())(facts)
+        moto_server.start_recording()
+        result = hibernator.hibernate()
+        assert result.issued, result.reason
+        assert sim.count("PUT", "/latest/api/token", 200) >= 1  # IMDSv2, as the agent does
+        credentials = f"/latest/meta-data/iam/security-credentials/{role}"
+        assert sim.count("GET", credentials, 200) >= 1
+    [stop] = recorded_headers(moto_server, "StopInstances")
+    assert "Credential=ASIAFAKESIMULATOR000/" in stop["authorization"]
+    assert stop["x-amz-security-token"] == (
+        "fake-session-token-from-the-spotguard-metadata-simulator"
+    )
+    assert state(ec2, instance_id) == "stopped"
+    # Set on the client's own botocore session: the process environment is as it was.
+    assert "AWS_EC2_METADATA_SERVICE_ENDPOINT" not in os.environ
+
+
+def test_without_role_credentials_the_refusal_says_so(
+    moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in NO_OTHER_CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    instance = SimulatedInstance(iam_role="")  # launched without an instance profile
+    with MetadataSimulator(instance=instance) as sim:
+        hibernator = make_hibernator(
+            "ec2",
+            fs=HostFS(),
+            region="us-east-1",
+            instance_id="i-0123456789abcdef0",
+            imds_url=sim.url,
+        )
+        result = hibernator.hibernate()
+        assert sim.count("GET", "/latest/meta-data/iam/security-credentials/") >= 1
+    assert not result.issued
+    assert result.error_code == "NoCredentialsError"

@@ -36,6 +36,7 @@ variables {
   subnet_ids         = ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
   memory_mib         = 8192
   user_data_template = "./tests/fixtures/user-data.yaml"
+  spotguard_lock     = "spotguard==0.1.0 --hash=sha256:0000000000000000000000000000000000000000000000000000000000000000\nboto3==1.35.0 --hash=sha256:1111111111111111111111111111111111111111111111111111111111111111\n"
 }
 
 run "launch_template_is_hibernation_ready" {
@@ -88,10 +89,10 @@ run "user_data_gets_the_agreed_template_variables" {
   command = plan
 
   variables {
-    spotguard_package = "https://example.invalid/spotguard-0.1.0-py3-none-any.whl"
-    hibernate_mode    = "local"
-    imds_url          = "http://127.0.0.1:8080"
-    config_toml       = "[agent]\npoll_interval = 2"
+    spotguard_source = "https://pypi.example.invalid/simple"
+    hibernate_mode   = "local"
+    imds_url         = "http://127.0.0.1:8080"
+    config_toml      = "[agent]\npoll_interval = 2"
   }
 
   assert {
@@ -100,9 +101,10 @@ run "user_data_gets_the_agreed_template_variables" {
       "url = \"http://127.0.0.1:8080\"",
       "poll_interval = 2",
       "\"8192M\"",
-      "\"https://example.invalid/spotguard-0.1.0-py3-none-any.whl\"",
+      "\"https://pypi.example.invalid/simple\"",
+      "spotguard==0.1.0 --hash=sha256:0000000000000000000000000000000000000000000000000000000000000000\\nboto3==1.35.0",
     ] : strcontains(base64decode(aws_launch_template.fleet.user_data), line)])
-    error_message = "The user data must render spotguard_package, hibernate_mode, imds_url, swap_mb and config_toml."
+    error_message = "The user data must render spotguard_source, spotguard_lock, hibernate_mode, imds_url, swap_mb and config_toml."
   }
 }
 
@@ -111,13 +113,14 @@ run "renders_the_repository_cloud_init" {
 
   variables {
     user_data_template = null # the module's default: cloud-init/user-data.yaml
-    spotguard_package  = "--index-url https://pypi.example.invalid/simple spotguard==0.1.0"
+    spotguard_source   = "/opt/wheels"
   }
 
   assert {
     condition = alltrue([for line in [
       "#cloud-config",
-      "\"--index-url https://pypi.example.invalid/simple spotguard==0.1.0\"",
+      "\"/opt/wheels\"",
+      "--require-hashes",
       "\"8192\"",
     ] : strcontains(base64decode(aws_launch_template.fleet.user_data), line)])
     error_message = "cloud-init/user-data.yaml must render with the module's template variables."
@@ -352,7 +355,8 @@ run "rejects_bad_inputs" {
     instance_count     = 0
     hibernate_mode     = "suspend"
     egress_cidr_blocks = ["not-a-cidr"]
-    spotguard_package  = "spotguard\n--index-url http://elsewhere"
+    spotguard_lock     = "spotguard\n--index-url http://elsewhere"
+    spotguard_source   = "spotguard==0.1.0"
   }
 
   expect_failures = [
@@ -360,6 +364,7 @@ run "rejects_bad_inputs" {
     var.instance_count,
     var.hibernate_mode,
     var.egress_cidr_blocks,
-    var.spotguard_package,
+    var.spotguard_lock,
+    var.spotguard_source,
   ]
 }

@@ -58,7 +58,8 @@ module "fleet" {
   ami_id             = nonsensitive(data.aws_ssm_parameter.ami.value)
   vpc_id             = data.aws_vpc.default.id
   subnet_ids         = sort(data.aws_subnets.default.ids)
-  spotguard_package  = var.spotguard_package
+  spotguard_lock     = var.spotguard_lock
+  spotguard_source   = var.spotguard_source
   config_toml        = var.config_toml
   user_data_template = var.user_data_template
 }

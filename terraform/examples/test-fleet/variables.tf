@@ -45,10 +45,15 @@ variable "ami_ssm_parameter" {
   default     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 }
 
-variable "spotguard_package" {
-  description = "What cloud-init pip-installs: a package spec or a wheel URL."
+variable "spotguard_lock" {
+  description = "The exact release: a hash-pinned pip lock (cloud-init/lock.py), e.g. -var spotguard_lock=\"$(cat spotguard-0.1.0.lock)\"."
   type        = string
-  default     = "spotguard"
+}
+
+variable "spotguard_source" {
+  description = "A package index URL, or a directory of wheels on the AMI."
+  type        = string
+  default     = "https://pypi.org/simple"
 }
 
 variable "config_toml" {
