@@ -17,8 +17,15 @@ from spotguard.notify import Webhook
 from spotguard.reclaim.engine import StagedReclaimer
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.host import HostSignals
+from spotguard.signals.workload import WorkloadActivity, WorkloadCgroups
 from spotguard.state import StateFile
 from spotguard.trigger import Hibernator, make_hibernator
+
+
+def _workload(config: Config) -> tuple[str, tuple[str, ...]]:
+    """Where the workload runs: the cgroups reclaim knows of, or all of them but ours."""
+    reclaim = config.reclaim
+    return reclaim.cgroup_root, (*reclaim.background, *reclaim.protected)
 
 
 def host_fs(config: Config) -> HostFS:
@@ -71,7 +78,7 @@ def build_agent(
         clock=clock,
         monitors=default_monitors(client),
         fetch_facts=lambda: fetch_facts(client),
-        host=HostSignals(fs),
+        host=HostSignals(fs, WorkloadActivity(WorkloadCgroups(fs, *_workload(config)), fs)),
         estimator=ImageEstimator(fs, config.hibernate, swap_rate=reclaimer.swap_rate),
         reclaimer=reclaimer,
         hibernator_for=HibernatorFactory(config, fs),

@@ -92,9 +92,13 @@ class IdleConfig:
     max_psi_memory: float = 1.0  # % "some" avg10
     max_psi_io: float = 5.0
     max_io_bytes_per_s: Bytes = Bytes(20 << 20)
+    # The workload cgroups' own CPU (% of one CPU, summed; cgroup v2): below it the workload is
+    # quiet even where the least idle CPU is not (emulation, the agent itself).
+    max_workload_cpu_percent: float = 10.0
 
     def validate(self) -> None:
         _check(0 < self.cpu_idle_percent <= 100, "idle.cpu_idle_percent", "must be 0..100")
+        _check(self.max_workload_cpu_percent >= 0, "idle.max_workload_cpu_percent", "must be >= 0")
         _check(self.duration >= 0, "idle.duration", "must be >= 0")
         _check(self.max_load >= 0, "idle.max_load", "must be >= 0")
         _check(0 <= self.max_psi_memory <= 100, "idle.max_psi_memory", "must be 0..100")

@@ -361,13 +361,18 @@ def small_image_bytes(estimate: ImageEstimate, config: Config) -> int:
 
 
 def is_idle(sample: HostSample | None, config: Config) -> bool:
-    """The RFC's test (least idle CPU >= 95 %), plus quiet PSI, I/O and load where known."""
+    """The RFC's test (least idle CPU >= 95 %) or, where the workload cgroups tell, their own
+    CPU; plus quiet PSI, I/O and load where known."""
     if sample is None or sample.cpu_min_idle_percent is None:
         return False
     idle = config.idle
     pressure = sample.pressure
+    workload = sample.workload_cpu_percent
     return (
-        sample.cpu_min_idle_percent >= idle.cpu_idle_percent
+        (
+            sample.cpu_min_idle_percent >= idle.cpu_idle_percent
+            or (workload is not None and workload <= idle.max_workload_cpu_percent)
+        )
         and (pressure.memory_some is None or pressure.memory_some <= idle.max_psi_memory)
         and (pressure.io_some is None or pressure.io_some <= idle.max_psi_io)
         and (sample.io_bytes_per_s is None or sample.io_bytes_per_s <= idle.max_io_bytes_per_s)

@@ -124,13 +124,31 @@ def test_steps_are_small_and_bounded(host: FakeHost) -> None:
     assert min(sizes[:-1]) >= MIN_STEP  # only the last one asks for the remainder
 
 
-def test_host_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
-    host.put("/proc/pressure/io", psi(5.0))
+def test_protected_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
+    host.put(f"{host.cgroup_root}/db.slice/io.pressure", psi(5.0))
     result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
     assert result.stop_reason == "pressure"
     assert result.reclaimed_bytes == 0
     emergency = engine(host).reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), threading.Event())
     assert emergency.reclaimed_bytes > 0  # 5 % is under the emergency threshold
+
+
+def test_the_hosts_pressure_of_our_own_writes_does_not_stop_a_deep_run(host: FakeHost) -> None:
+    """Issue 11: the host's PSI counts the stalls of our own reclaim; the protected cgroups'
+    own PSI does not."""
+    host.put("/proc/pressure/memory", psi(40.0))
+    host.put("/proc/pressure/io", psi(60.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "complete"
+    assert result.reclaimed_bytes == 650 * MIB
+
+
+def test_without_cgroup_psi_the_hosts_pressure_counts(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", v1=True, swap_free=1024 * MIB)
+    host.add("app.slice", file=100 * MIB, anon=0)
+    host.put("/proc/pressure/io", psi(5.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "pressure"
 
 
 def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
@@ -145,7 +163,7 @@ def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
 def test_pressure_rising_mid_stage_stops_it(host: FakeHost) -> None:
     def rise(path: Path, data: str) -> None:
         if path.parent.name == "batch.slice":
-            host.put("/proc/pressure/memory", psi(1.0))
+            host.put(f"{host.cgroup_root}/db.slice/memory.pressure", psi(1.0))
 
     result = engine(host, FakeKernel(host, before=rise)).reclaim(
         ReclaimRequest(Intensity.DEEP, 60.0), threading.Event()

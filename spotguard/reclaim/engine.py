@@ -47,7 +47,7 @@ from spotguard.reclaim.swap_reclaim import SwapReclaimBackend
 from spotguard.reclaim.v1 import ForceEmptyBackend, V1LimitBackend, restore_journal
 from spotguard.reclaim.v2 import V2Backend
 from spotguard.reclaim.writer import FileWriter, LibcWriter
-from spotguard.signals.psi import HostPressure
+from spotguard.signals.workload import PressureSource, WorkloadCgroups, WorkloadPressure
 
 log = structlog.get_logger()
 
@@ -85,6 +85,12 @@ class StagedReclaimer:
         install_interrupt_handler(signum)
         self.report: BackendReport = detect_backends(fs, config, self._writer, signum)
         self.last_result: ReclaimResult | None = None
+        # Pressure a run backs off at: the protected (else all other) cgroups' own, so the
+        # stalls of our own writes, which the host's PSI counts, cannot stop the run.
+        cgroups = WorkloadCgroups(
+            fs, self.report.memory_root or config.cgroup_root, config.protected
+        )
+        self._pressure = WorkloadPressure(cgroups, fs)
         if self.report.memory_root is not None:
             restore_journal(self._journal, fs, self.report.memory_root, self._writer)
 
@@ -102,7 +108,7 @@ class StagedReclaimer:
             request,
             cancel=cancel,
             progress=progress,
-            pressure=HostPressure(self._fs),
+            pressure=self._pressure,
             swap_free=self._swap_free(),
             swap_rate=self.swap_rate,
             vmstat=lambda: read_vmstat(self._fs),
@@ -280,7 +286,7 @@ class _Run:
         *,
         cancel: threading.Event,
         progress: ProgressFn | None,
-        pressure: HostPressure,
+        pressure: PressureSource,
         swap_free: int,
         swap_rate: SwapRate,
         vmstat: Callable[[], dict[str, int]],
