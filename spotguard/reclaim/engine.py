@@ -47,6 +47,7 @@ from spotguard.reclaim.swap_reclaim import SwapReclaimBackend
 from spotguard.reclaim.v1 import ForceEmptyBackend, V1LimitBackend, restore_journal
 from spotguard.reclaim.v2 import V2Backend
 from spotguard.reclaim.writer import FileWriter, LibcWriter
+from spotguard.signals.psi import HostPressure
 from spotguard.signals.workload import PressureSource, WorkloadCgroups, WorkloadPressure
 
 log = structlog.get_logger()
@@ -85,12 +86,13 @@ class StagedReclaimer:
         install_interrupt_handler(signum)
         self.report: BackendReport = detect_backends(fs, config, self._writer, signum)
         self.last_result: ReclaimResult | None = None
-        # Pressure a run backs off at: the protected (else all other) cgroups' own, so the
-        # stalls of our own writes, which the host's PSI counts, cannot stop the run.
-        cgroups = WorkloadCgroups(
-            fs, self.report.memory_root or config.cgroup_root, config.protected
-        )
-        self._pressure = WorkloadPressure(cgroups, fs)
+        # Pressure a run backs off at: on v2 the protected (else all other) cgroups' own, so the
+        # stalls of our own writes, which the host's PSI counts, cannot stop the run. v1 has
+        # no cgroup PSI: the host's.
+        self._pressure: PressureSource = HostPressure(fs)
+        if self.report.hierarchy == "v2" and self.report.memory_root is not None:
+            cgroups = WorkloadCgroups(fs, self.report.memory_root, config.protected)
+            self._pressure = WorkloadPressure(cgroups, fs)
         if self.report.memory_root is not None:
             restore_journal(self._journal, fs, self.report.memory_root, self._writer)
 
