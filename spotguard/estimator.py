@@ -107,6 +107,7 @@ class ImageEstimator:
     ) -> None:
         self._fs = fs
         self._config = config
+        self._reserved: int | None = None  # fixed at boot (memory hotplug aside): read once
         self._predictor = Predictor(
             float(config.swap_bandwidth),
             kernel_log if kernel_log is not None else KmsgLog(fs),
@@ -122,7 +123,9 @@ class ImageEstimator:
         missing = [key for key in _REQUIRED if key not in info]
         if missing:
             raise EstimateError(f"/proc/meminfo lacks {', '.join(missing)}")
-        reserved = reserved_bytes(self._fs)
+        if self._reserved is None:
+            self._reserved = reserved_bytes(self._fs)
+        reserved = self._reserved
         used = info["MemTotal"] - info["MemFree"]
         saveable = used + reserved
         reclaimable = sum(info[k] for k in _REQUIRED[2:7])

@@ -24,7 +24,9 @@ from spotguard.reclaim.engine import (
 )
 from tests.test_reclaim_support import MIB, FakeHost, FakeKernel, psi
 
-CONFIG = ReclaimConfig(background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB))
+CONFIG = ReclaimConfig(
+    background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB), idle_swap=False
+)
 
 
 @pytest.fixture
@@ -72,6 +74,21 @@ def test_light_takes_page_cache_of_background_cgroups_only(host: FakeHost) -> No
     assert all(data.endswith(" swappiness=0") for data in reclaims)
     assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)
     assert len(reclaims) > 2  # staged, not one big write
+
+
+def test_idle_swap_takes_the_background_cgroups_anon_after_their_page_cache(
+    host: FakeHost,
+) -> None:
+    kernel = FakeKernel(host)
+    stages = run(engine(host, kernel, replace(CONFIG, idle_swap=True)), Intensity.LIGHT)
+    assert [(s.cgroup, s.file_bytes, s.anon_bytes) for s in stages] == [
+        ("batch.slice", 300 * MIB, 50 * MIB)
+    ]
+    reclaims = [data for name, data in kernel.writes if name == "batch.slice/memory.reclaim"]
+    first_anon = next(i for i, data in enumerate(reclaims) if "swappiness" not in data)
+    assert all("swappiness=0" in data for data in reclaims[:first_anon])
+    assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)  # small steps still
+    assert (host.groups["app.slice"].anon, host.groups["db.slice"].anon) == (200 * MIB, 400 * MIB)
 
 
 def test_deep_takes_everything_but_protected_file_first_then_anon(host: FakeHost) -> None:

@@ -308,7 +308,8 @@ class _Run:
         self.swap_rate = swap_rate
         self.vmstat = vmstat
         self.threshold = config.emergency_psi if self.emergency else config.idle_psi
-        anon = request.intensity is not Intensity.LIGHT and swap_free > 0
+        light = request.intensity is Intensity.LIGHT
+        anon = swap_free > 0 and (config.idle_swap or not light)
         self.phases = (Phase.FILE, Phase.ANON) if anon else (Phase.FILE,)
         self.written_bytes = 0  # gained by this run's writes, and the time they took
         self.written_s = 0.0
