@@ -388,3 +388,20 @@ def test_emergency_ends_by_dropping_the_swap_cache_it_left(tmp_path: Path) -> No
     assert dropped["swap_cached_after"] < dropped["swap_cached_before"] // 4
     last = kernel.writes[-1]
     assert last == ("app.slice/memory.reclaim", str(dropped["swap_cached_before"]))
+
+
+def test_a_cancelled_emergency_still_drops_its_swap_cache_briefly(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=2048 * MIB)
+    cancel = threading.Event()
+    kernel = FakeKernel(host, swap_cache=0.25)
+    reclaimer = engine(host, kernel)
+    kernel.before = lambda path, data: cancel.set() if len(kernel.writes) >= 2 else None
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), cancel)
+    assert result.stop_reason == "cancelled"
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_after"] < dropped["swap_cached_before"]
+    assert dropped["duration_s"] <= 1.0
+    deep = engine(host, kernel).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), cancel)
+    assert deep.stop_reason == "cancelled" and deep.reclaimed_bytes == 0  # only emergencies

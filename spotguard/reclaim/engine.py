@@ -56,6 +56,7 @@ MIN_STEP = 16 << 20  # below this, per-step overhead dominates; above config.ste
 EMERGENCY_FIRST_STEP = 256 << 20  # before this run has a rate: ~5 s at a slow guest's 57 MB/s
 EMERGENCY_FILL = 0.8  # of the write timeout an emergency write is sized to take
 SWAP_CACHE_DROP_S = 2.0  # kept back from an emergency budget to drop clean swap cache at its end
+SWAP_CACHE_AFTER_CANCEL_S = 1.0  # what a cancelled emergency may still spend on it
 
 
 class StagedReclaimer:
@@ -169,7 +170,7 @@ class StagedReclaimer:
                 continue
             stages.append(run.stage(cgroup, backend))
         reason = run.limit_reached() or "complete"
-        if run.emergency and reason != "cancelled":
+        if run.emergency:
             self._drop_swap_cache(run, root, stages, backend)
         return tuple(stages), reason
 
@@ -322,12 +323,17 @@ class _Run:
         return self.config.write_timeout, "timeout"
 
     def final_writer(self, inner: FileWriter, signum: int) -> BoundedWriter:
-        """For the swap-cache writes at the end of an emergency: the budget kept back for them."""
+        """For the swap-cache writes at the end of an emergency: the budget kept back for them,
+        or, when the planner cancelled us to hibernate, a moment: each clean page dropped now
+        is one the image does not copy and write."""
+        ends = self.final_deadline
+        if self.cancel.is_set():
+            ends = min(ends, self.clock.monotonic() + SWAP_CACHE_AFTER_CANCEL_S)
 
         def left() -> tuple[float, str]:
-            return self.final_deadline - self.clock.monotonic(), "budget"
+            return ends - self.clock.monotonic(), "budget"
 
-        return BoundedWriter(inner, self.cancel, left, signum)
+        return BoundedWriter(inner, threading.Event(), left, signum)
 
     def limit_reached(self) -> str | None:
         if self.cancel.is_set():
