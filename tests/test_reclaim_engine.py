@@ -404,4 +404,5 @@ def test_a_cancelled_emergency_still_drops_its_swap_cache_briefly(tmp_path: Path
     assert dropped["swap_cached_after"] < dropped["swap_cached_before"]
     assert dropped["duration_s"] <= 1.0
     deep = engine(host, kernel).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), cancel)
-    assert deep.stop_reason == "cancelled" and deep.reclaimed_bytes == 0  # only emergencies
+    assert deep.stop_reason == "cancelled"
+    assert deep.reclaimed_bytes == 0  # only an emergency drops swap cache after a cancel
