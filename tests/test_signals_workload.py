@@ -102,6 +102,15 @@ def test_host_signals_carry_the_workloads_cpu(fs: HostFS) -> None:
     assert HostSignals(fs).sample(20.0).workload_cpu_percent is None
 
 
+def test_host_signals_take_the_workloads_pressure_where_given(fs: HostFS) -> None:
+    write(fs, "/proc/pressure/memory", psi(40.0))  # e.g. our own reclaim's stalls
+    write(fs, f"{ROOT}/load.slice/memory.pressure", psi(0.2))
+    cgroups = WorkloadCgroups(fs, ROOT, ("load.slice",))
+    sample = HostSignals(fs, pressure=WorkloadPressure(cgroups, fs)).sample(0.0)
+    assert sample.pressure.memory_some == 0.2
+    assert HostSignals(fs).sample(0.0).pressure.memory_some == 40.0
+
+
 @pytest.mark.parametrize(
     ("cpu_idle", "workload", "idle"),
     [

@@ -8,15 +8,22 @@ from spotguard.signals.cpu import CpuIdle
 from spotguard.signals.diskstats import DiskThroughput
 from spotguard.signals.loadavg import LoadAverage
 from spotguard.signals.psi import HostPressure
-from spotguard.signals.workload import WorkloadActivity
+from spotguard.signals.workload import PressureSource, WorkloadActivity
 
 
 class HostSignals:
     """Keeps the previous reading of each source, so rates cover the time between samples."""
 
-    def __init__(self, fs: HostFS, workload: WorkloadActivity | None = None) -> None:
+    def __init__(
+        self,
+        fs: HostFS,
+        workload: WorkloadActivity | None = None,
+        pressure: PressureSource | None = None,
+    ) -> None:
+        """`workload` and `pressure` (the workload cgroups' own, see signals.workload) where the
+        agent knows its workload; the host's PSI otherwise."""
         self._cpu = CpuIdle(fs)
-        self._pressure = HostPressure(fs)
+        self._pressure = pressure or HostPressure(fs)
         self._disks = DiskThroughput(fs)
         self._load = LoadAverage(fs)
         self._workload = workload
