@@ -389,7 +389,8 @@ class _Run:
                     outcome = StepOutcome()
                 after = target.usage()
                 gained = tally.add(before, after, outcome.reported_bytes)
-                self._note_rates(gained, swapped_before, self.clock.monotonic() - started)
+                seconds = self.clock.monotonic() - started
+                self._note_rates(nbytes, gained, swapped_before, seconds)
                 log.debug(
                     "reclaim.step",
                     cgroup=target.name,
@@ -414,12 +415,14 @@ class _Run:
                     break
         return "done" if backend.one_shot else "no-progress"
 
-    def _note_rates(self, gained: int, swapped_before: int, seconds: float) -> None:
-        """This run's reclaim rate sizes its emergency writes; its swap rate, the predictions."""
+    def _note_rates(self, asked: int, gained: int, swapped_before: int, seconds: float) -> None:
+        """This run's reclaim rate sizes its emergency writes; its swap rate, the predictions.
+        A write asked for less than MIN_STEP is mostly overhead: it says nothing of the rate."""
         if seconds <= 0:
             return
-        self.written_bytes += gained
-        self.written_s += seconds
+        if asked >= MIN_STEP:
+            self.written_bytes += gained
+            self.written_s += seconds
         swapped = max(self.vmstat().get("pswpout", 0) - swapped_before, 0) * PAGE
         self.swap_rate.note(swapped, seconds)
 
