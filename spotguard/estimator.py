@@ -110,6 +110,7 @@ class ImageEstimator:
         self._reserved: int | None = None  # fixed at boot (memory hotplug aside): read once
         self._predictor = Predictor(
             float(config.swap_bandwidth),
+            float(config.prealloc_bandwidth),
             kernel_log if kernel_log is not None else KmsgLog(fs),
             swap_rate,
         )
@@ -144,6 +145,7 @@ class ImageEstimator:
                 image_limit=min(limit, max(max_image, 0)),
                 anon=max(anon_lru - swap_cached, 0),
                 clean=max(file_lru - dirty, 0),
+                free=info["MemFree"],
             )
         )
         return ImageEstimate(

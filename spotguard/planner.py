@@ -31,6 +31,7 @@ from spotguard.trigger import TriggerResult
 # Scheduled-event codes after which the instance is gone or stopped: worth getting ready for.
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
+RECLAIM_PAYS = 1.1  # hibernation seconds a second of reclaim must save to go past the deadline
 
 
 class Phase(StrEnum):
@@ -251,7 +252,7 @@ def _emergency(
     hibernate_takes = estimate.predicted_write_s + config.hibernate.fixed_overhead
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
-    if estimate.reclaim_gain > 1.0 and not state.emergency_reclaim_done:
+    if estimate.reclaim_gain > RECLAIM_PAYS and not state.emergency_reclaim_done:
         # Our reclaim shortens the hibernation by more than the time it takes (the kernel's own
         # shrink is slower): go on until it no longer does, or until only a small image fits.
         small_s = small_image_bytes(estimate, config) / max(estimate.bandwidth_bytes_per_s, 1)
