@@ -43,6 +43,7 @@ class ImageEstimate:
     rate_source: str = ""  # where the rates came from: config, reclaim (pswpout), log (kernel)
     calibration: float = 1.0  # measured / predicted shrink of the last hibernation here
     reclaim_gain: float = 0.0  # hibernation seconds one second of our reclaim saves (> 1: pays)
+    seconds_per_image_byte: float = 0.0  # without a shrink: allocating its frame + writing it
 
     def fits(self, margin: float) -> bool:
         """Swap must hold the image with a margin: compressed hibernation does not check."""
@@ -169,6 +170,8 @@ class ImageEstimator:
             rate_source=predicted.rate_source,
             calibration=predicted.calibration,
             reclaim_gain=predicted.reclaim_gain,
+            seconds_per_image_byte=predicted.calibration / predicted.alloc_rate
+            + 1 / predicted.write_rate,
         )
 
     def _image_size(self, mem_total: int) -> int:

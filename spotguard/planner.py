@@ -255,7 +255,8 @@ def _emergency(
     if estimate.reclaim_gain > RECLAIM_PAYS and not state.emergency_reclaim_done:
         # Our reclaim shortens the hibernation by more than the time it takes (the kernel's own
         # shrink is slower): go on until it no longer does, or until only a small image fits.
-        small_s = small_image_bytes(estimate, config) / max(estimate.bandwidth_bytes_per_s, 1)
+        per_byte = estimate.seconds_per_image_byte or 1 / max(estimate.bandwidth_bytes_per_s, 1)
+        small_s = small_image_bytes(estimate, config) * per_byte
         last_chance = latest_start + estimate.predicted_write_s - small_s
         latest_start = max(latest_start, last_chance)
 
