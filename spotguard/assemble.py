@@ -23,10 +23,9 @@ from spotguard.trigger import Hibernator, make_hibernator
 
 
 def _host_signals(config: Config, fs: HostFS) -> HostSignals:
-    """Idle is the workload's: the cgroups reclaim knows of (or all of them but ours), their CPU
-    and their PSI, which leaves out our own reclaim's stalls."""
-    reclaim = config.reclaim
-    cgroups = WorkloadCgroups(fs, reclaim.cgroup_root, (*reclaim.background, *reclaim.protected))
+    """Idle is everyone's but ours: every cgroup outside the agent's own branch, their CPU and
+    their PSI, which leave out our own reclaim's work and stalls."""
+    cgroups = WorkloadCgroups(fs, config.reclaim.cgroup_root)
     return HostSignals(fs, WorkloadActivity(cgroups, fs), WorkloadPressure(cgroups, fs))
 
 

@@ -92,8 +92,8 @@ class IdleConfig:
     max_psi_memory: float = 1.0  # % "some" avg10
     max_psi_io: float = 5.0
     max_io_bytes_per_s: Bytes = Bytes(20 << 20)
-    # The workload cgroups' own CPU (% of one CPU, summed; cgroup v2): below it the workload is
-    # quiet even where the least idle CPU is not (emulation, the agent itself).
+    # The CPU of every cgroup but the agent's (% of one CPU, summed; cgroup v2): below it the
+    # workload is quiet even where the least idle CPU is not (emulation, the agent itself).
     max_workload_cpu_percent: float = 10.0
 
     def validate(self) -> None:

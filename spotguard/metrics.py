@@ -40,7 +40,7 @@ class Metrics:
         self.swap_free = Gauge("spotguard_swap_free_bytes", "free swap", registry=r)
         self.predicted_hibernate = Gauge(
             "spotguard_predicted_hibernate_seconds",
-            "trigger to image written if hibernating now: kernel shrink + write + fixed overhead",
+            "trigger to image written if hibernating now: preallocation + write + fixed overhead",
             registry=r,
         )
         self.hibernations = Counter(

@@ -253,8 +253,9 @@ def _emergency(
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
     if estimate.reclaim_gain > RECLAIM_PAYS and not state.emergency_reclaim_done:
-        # Our reclaim shortens the hibernation by more than the time it takes (the kernel's own
-        # shrink is slower): go on until it no longer does, or until only a small image fits.
+        # Our reclaim shortens the hibernation by more than the time it takes (ending the
+        # kernel's shrink spares it allocating nearly all of memory; the image writes slower
+        # than we swap): go on until it no longer does, or until only a small image fits.
         per_byte = estimate.seconds_per_image_byte or 1 / max(estimate.bandwidth_bytes_per_s, 1)
         small_s = small_image_bytes(estimate, config) * per_byte
         last_chance = latest_start + estimate.predicted_write_s - small_s
