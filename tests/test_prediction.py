@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 
 import pytest
 
-from spotguard.config import HibernateConfig
+from spotguard.assemble import build_agent
+from spotguard.clock import SystemClock
+from spotguard.config import HibernateConfig, from_mapping
 from spotguard.estimator import ImageEstimator
 from spotguard.hostfs import HostFS
 from spotguard.metrics import Metrics
@@ -21,6 +24,8 @@ from spotguard.prediction import (
     SwapRate,
     parse_kernel_log,
 )
+from spotguard.reclaim.api import Intensity, ReclaimRequest
+from spotguard.simhost import SimCgroup, SimHost
 from tests.test_estimator import tree
 
 MIB = 1 << 20
@@ -200,3 +205,24 @@ def test_reclaim_pays_while_it_ends_the_shrink_or_the_write_is_slower() -> None:
     anon = TRIGGER.saveable - TRIGGER.floor - 64 * MIB
     floor_target = dataclasses.replace(TRIGGER, image_limit=0, clean=0, anon=anon)
     assert tcg.predict(floor_target).reclaim_gain == pytest.approx(1.0, abs=0.05)
+
+
+def test_the_agent_predicts_from_the_swap_rate_its_own_reclaim_reached(tmp_path: Path) -> None:
+    """build_agent shares one SwapRate between the engine and the estimator."""
+    config = from_mapping(
+        {
+            "agent": {"state_file": str(tmp_path / "state.json")},
+            "reclaim": {"backend": "v2", "background": ["batch.slice"]},
+            "imds": {"url": "http://127.0.0.1:9"},  # built, never asked here
+        },
+        env={},
+    )
+    batch = {"batch.slice": SimCgroup(file_bytes=64 * MIB, anon_bytes=512 * MIB)}
+    host = SimHost(tmp_path / "host", cgroups=batch, reclaim_bytes_per_s=1024 * MIB)
+    agent = build_agent(config, SystemClock(), fs=HostFS(host.root), kernel=host)
+    assert agent.parts.estimator.estimate().rate_source == "swap=config write=config"
+    request = ReclaimRequest(Intensity.DEEP, 30.0, cgroups=("batch.slice",))
+    agent.parts.reclaimer.reclaim(request, threading.Event())
+    after = agent.parts.estimator.estimate()
+    assert after.rate_source.startswith("swap=reclaim ")
+    assert after.swap_rate_bytes_per_s != 100 * MIB  # what the reclaim reached, not the config
