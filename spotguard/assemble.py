@@ -22,13 +22,22 @@ from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsClient
 from spotguard.monitors import InstanceFacts, default_monitors, fetch_facts
 from spotguard.notify import Webhook, log_host
+from spotguard.prediction import SwapRate
 from spotguard.reclaim.api import Reclaimer
 from spotguard.reclaim.engine import StagedReclaimer
 from spotguard.reclaim.exclusive import ExclusiveReclaimer, agent_policy
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.host import HostSignals
+from spotguard.signals.workload import WorkloadActivity, WorkloadCgroups, WorkloadPressure
 from spotguard.state import StateFile
 from spotguard.trigger import Hibernator, make_hibernator
+
+
+def _host_signals(config: Config, fs: HostFS) -> HostSignals:
+    """Idle is everyone's but ours: every cgroup outside the agent's own branch, their CPU and
+    their PSI, which leave out our own reclaim's work and stalls."""
+    cgroups = WorkloadCgroups(fs, config.reclaim.cgroup_root)
+    return HostSignals(fs, WorkloadActivity(cgroups, fs), WorkloadPressure(cgroups, fs))
 
 
 def host_fs(config: Config) -> HostFS:
@@ -102,12 +111,19 @@ class _Acting:
     webhook: WebhookLike | None
 
 
-def _real(config: Config, fs: HostFS, clock: Clock, kernel: FileWriter | None) -> _Acting:
+def _real(
+    config: Config, fs: HostFS, clock: Clock, kernel: FileWriter | None, swap_rate: SwapRate
+) -> _Acting:
     agent = config.agent
     return _Acting(
         reclaimer=agent_reclaimer(
             StagedReclaimer(
-                fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
+                fs,
+                config.reclaim,
+                clock=clock,
+                state_dir=state_dir(config),
+                writer=kernel,
+                swap_rate=swap_rate,
             ),
             config,
             clock,
@@ -150,13 +166,16 @@ def build_agent(
     clock = clock or SystemClock()
     fs = fs or host_fs(config)
     client = ImdsClient(config.imds, clock=clock)
-    acting = _dry(config, fs, clock) if dry_run else _real(config, fs, clock, kernel)
+    swap_rate = (
+        SwapRate()
+    )  # what our own swap writes reach: the engine measures, the estimator predicts
+    acting = _dry(config, fs, clock) if dry_run else _real(config, fs, clock, kernel, swap_rate)
     parts = Parts(
         clock=clock,
         monitors=default_monitors(client),
         fetch_facts=lambda: fetch_facts(client),
-        host=HostSignals(fs),
-        estimator=ImageEstimator(fs, config.hibernate),
+        host=_host_signals(config, fs),
+        estimator=ImageEstimator(fs, config.hibernate, swap_rate=swap_rate),
         reclaimer=acting.reclaimer,
         hibernator_for=acting.hibernator_for,
         hooks=acting.hooks,

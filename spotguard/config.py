@@ -120,6 +120,9 @@ class IdleConfig:
     max_psi_memory: float = ranged(1.0, 0, 100, " %")  # "some" avg10
     max_psi_io: float = ranged(5.0, 0, 100, " %")
     max_io_bytes_per_s: Bytes = ranged(Bytes(20 << 20), 0, MAX_BYTES, " bytes/s")
+    # The CPU of every cgroup but the agent's (% of one CPU, summed; cgroup v2): below it the
+    # workload is quiet even where the least idle CPU is not (emulation, the agent itself).
+    max_workload_cpu_percent: float = ranged(10.0, 0, 100_000, " %")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,10 @@ class ReclaimConfig:
     write_timeout: Seconds = ranged(Seconds(5.0), 0.01, 600, " s")
     allow_drop_caches: bool = False
     repeat_after: Seconds = ranged(Seconds(600.0), 0, 7 * 86400, " s")
+    # Idle reclaim swaps the background cgroups' anonymous memory too, after their page cache:
+    # what is swapped before a notice is not shrunk inside the 2-minute window (issue 11).
+    # false: page cache only, a faster wake-up for the background cgroups.
+    idle_swap: bool = True
 
     def validate(self) -> None:
         backends = ("auto", "v2", "swap.reclaim", "v1", "drop_caches")
@@ -164,6 +171,9 @@ class HibernateConfig:
     swap_bandwidth: Bytes = ranged(Bytes(100 << 20), 1 << 20, 1 << 40, " bytes/s")
     # 0: "small" means within 1.2x the kernel's floor
     small_image: Bytes = ranged(Bytes(0), 0, MAX_BYTES, " bytes")
+    # bytes/s the kernel preallocates image page frames at, until a hibernation here measures
+    # it (its "Allocated" line): fast on real CPUs, ~74 MB/s under QEMU TCG (issue 11).
+    prealloc_bandwidth: Bytes = ranged(Bytes(1 << 30), 1 << 20, 1 << 40, " bytes/s")
     pre_hibernate_budget: Seconds = ranged(Seconds(5.0), 0, 600, " s")
     region: str = ""  # "" : from the metadata service
     local_command: tuple[str, ...] = ("systemctl", "hibernate")  # mode local; no shell

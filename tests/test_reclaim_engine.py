@@ -6,6 +6,7 @@ import errno
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,10 +16,17 @@ import structlog
 from spotguard.clock import FakeClock
 from spotguard.config import Bytes, ReclaimConfig
 from spotguard.reclaim.api import Intensity, ReclaimRequest, StageResult
-from spotguard.reclaim.engine import MIN_STEP, StagedReclaimer
+from spotguard.reclaim.engine import (
+    EMERGENCY_FILL,
+    EMERGENCY_FIRST_STEP,
+    MIN_STEP,
+    StagedReclaimer,
+)
 from tests.test_reclaim_support import MIB, FakeHost, FakeKernel, psi
 
-CONFIG = ReclaimConfig(background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB))
+CONFIG = ReclaimConfig(
+    background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB), idle_swap=False
+)
 
 
 @pytest.fixture
@@ -66,6 +74,21 @@ def test_light_takes_page_cache_of_background_cgroups_only(host: FakeHost) -> No
     assert all(data.endswith(" swappiness=0") for data in reclaims)
     assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)
     assert len(reclaims) > 2  # staged, not one big write
+
+
+def test_idle_swap_takes_the_background_cgroups_anon_after_their_page_cache(
+    host: FakeHost,
+) -> None:
+    kernel = FakeKernel(host)
+    stages = run(engine(host, kernel, replace(CONFIG, idle_swap=True)), Intensity.LIGHT)
+    assert [(s.cgroup, s.file_bytes, s.anon_bytes) for s in stages] == [
+        ("batch.slice", 300 * MIB, 50 * MIB)
+    ]
+    reclaims = [data for name, data in kernel.writes if name == "batch.slice/memory.reclaim"]
+    first_anon = next(i for i, data in enumerate(reclaims) if "swappiness" not in data)
+    assert all("swappiness=0" in data for data in reclaims[:first_anon])
+    assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)  # small steps still
+    assert (host.groups["app.slice"].anon, host.groups["db.slice"].anon) == (200 * MIB, 400 * MIB)
 
 
 def test_deep_takes_everything_but_protected_file_first_then_anon(host: FakeHost) -> None:
@@ -118,13 +141,31 @@ def test_steps_are_small_and_bounded(host: FakeHost) -> None:
     assert min(sizes[:-1]) >= MIN_STEP  # only the last one asks for the remainder
 
 
-def test_host_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
-    host.put("/proc/pressure/io", psi(5.0))
+def test_protected_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
+    host.put(f"{host.cgroup_root}/db.slice/io.pressure", psi(5.0))
     result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
     assert result.stop_reason == "pressure"
     assert result.reclaimed_bytes == 0
     emergency = engine(host).reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), threading.Event())
     assert emergency.reclaimed_bytes > 0  # 5 % is under the emergency threshold
+
+
+def test_the_hosts_pressure_of_our_own_writes_does_not_stop_a_deep_run(host: FakeHost) -> None:
+    """Issue 11: the host's PSI counts the stalls of our own reclaim; the protected cgroups'
+    own PSI does not."""
+    host.put("/proc/pressure/memory", psi(40.0))
+    host.put("/proc/pressure/io", psi(60.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "complete"
+    assert result.reclaimed_bytes == 650 * MIB
+
+
+def test_without_cgroup_psi_the_hosts_pressure_counts(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", v1=True, swap_free=1024 * MIB)
+    host.add("app.slice", file=100 * MIB, anon=0)
+    host.put("/proc/pressure/io", psi(5.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "pressure"
 
 
 def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
@@ -139,7 +180,7 @@ def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
 def test_pressure_rising_mid_stage_stops_it(host: FakeHost) -> None:
     def rise(path: Path, data: str) -> None:
         if path.parent.name == "batch.slice":
-            host.put("/proc/pressure/memory", psi(1.0))
+            host.put(f"{host.cgroup_root}/db.slice/memory.pressure", psi(1.0))
 
     result = engine(host, FakeKernel(host, before=rise)).reclaim(
         ReclaimRequest(Intensity.DEEP, 60.0), threading.Event()
@@ -275,3 +316,93 @@ def test_nothing_to_do(tmp_path: Path) -> None:
     shutil.rmtree(bare.fs.path("/sys"))
     none = engine(bare).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
     assert (none.stop_reason, none.backend) == ("unavailable", "")
+
+
+def timed(clock: FakeClock, bytes_per_s: float) -> Callable[[Path, str], None]:
+    """A `before` hook: each reclaim write takes the time the kernel would at this rate."""
+
+    def spend(path: Path, data: str) -> None:
+        if path.name == "memory.reclaim":
+            clock.advance(int(data.split(maxsplit=1)[0]) / bytes_per_s)
+
+    return spend
+
+
+def test_emergency_uses_few_large_writes_sized_to_the_rate(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=1 * MIB, anon=2048 * MIB)
+    clock = FakeClock()
+    kernel = FakeKernel(host, swappiness=False, anon_first=True, before=timed(clock, 100 * MIB))
+    reclaimer = engine(host, kernel, clock=clock)
+    result = reclaimer.reclaim(ReclaimRequest(Intensity.EMERGENCY, 120.0), threading.Event())
+    sizes = [int(d.split()[0]) for n, d in kernel.writes if n == "app.slice/memory.reclaim"]
+    assert result.reclaimed_bytes == 2049 * MIB
+    assert len(sizes) <= 8  # was one 0.64 MB step after another (issue 11)
+    assert all(size >= EMERGENCY_FIRST_STEP for size in sizes[1:-1])
+    # sized to ~80 % of the write timeout at the rate seen: 5 s x 100 MiB/s x 0.8
+    assert max(sizes) == int(100 * MIB * CONFIG.write_timeout * EMERGENCY_FILL)
+    deep = FakeHost(tmp_path / "deep", swap_free=8192 * MIB)
+    deep.add("app.slice", file=1 * MIB, anon=2048 * MIB)
+    idle_kernel = FakeKernel(deep, swappiness=False, anon_first=True)
+    run(engine(deep, idle_kernel), Intensity.DEEP)
+    assert len([n for n, _ in idle_kernel.writes if n.startswith("app")]) > 3 * len(sizes)
+
+
+def test_file_phase_ends_when_the_kernel_meets_it_from_anon(tmp_path: Path) -> None:
+    """6.1 has no swappiness=: a step sized to the page cache is met from anon, never EAGAIN."""
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("batch.slice", file=1 * MIB, anon=1024 * MIB)
+    kernel = FakeKernel(host, swappiness=False, anon_first=True)
+    light = run(engine(host, kernel), Intensity.LIGHT)
+    assert [(s.stop_reason, s.steps) for s in light] == [("no-progress", 1)]
+    kernel.writes.clear()
+    deep = run(engine(host, kernel), Intensity.DEEP)
+    sizes = [int(d.split()[0]) for n, d in kernel.writes if n == "batch.slice/memory.reclaim"]
+    assert sizes[0] == 1 * MIB  # the file phase: one step the size of the page cache
+    assert min(sizes[1:-1]) >= MIN_STEP  # then the anon phase's own steps
+    assert deep[0].anon_bytes == 1023 * MIB
+
+
+def test_the_swap_rate_seen_is_kept_for_predictions(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=1024 * MIB)
+    clock = FakeClock()
+    kernel = FakeKernel(host, before=timed(clock, 50 * MIB))
+    reclaimer = engine(host, kernel, clock=clock)
+    assert reclaimer.swap_rate.rate() is None
+    run(reclaimer, Intensity.EMERGENCY)
+    assert reclaimer.swap_rate.rate() == pytest.approx(50 * MIB, rel=1e-3)
+
+
+def test_emergency_ends_by_dropping_the_swap_cache_it_left(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=1024 * MIB)
+    kernel = FakeKernel(host, swap_cache=0.25)
+    request = ReclaimRequest(Intensity.EMERGENCY, 60.0, target_bytes=512 * MIB)
+    reclaimer = engine(host, kernel)
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(request, threading.Event())
+    assert result.stop_reason == "target"
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_before"] >= 32 * MIB  # a quarter of the last write
+    assert dropped["swap_cached_after"] < dropped["swap_cached_before"] // 4
+    last = kernel.writes[-1]
+    assert last == ("app.slice/memory.reclaim", str(dropped["swap_cached_before"]))
+
+
+def test_a_cancelled_emergency_still_drops_its_swap_cache_briefly(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=2048 * MIB)
+    cancel = threading.Event()
+    kernel = FakeKernel(host, swap_cache=0.25)
+    reclaimer = engine(host, kernel)
+    kernel.before = lambda path, data: cancel.set() if len(kernel.writes) >= 2 else None
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), cancel)
+    assert result.stop_reason == "cancelled"
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_after"] < dropped["swap_cached_before"]
+    assert dropped["duration_s"] <= 1.0
+    deep = engine(host, kernel).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), cancel)
+    assert deep.stop_reason == "cancelled"
+    assert deep.reclaimed_bytes == 0  # only an emergency drops swap cache after a cancel
