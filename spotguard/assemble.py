@@ -58,7 +58,7 @@ def build_agent(
     """The real agent. `kernel` replaces the cgroup file writer: only `simulate` passes one."""
     clock = clock or SystemClock()
     fs = fs or host_fs(config)
-    client = ImdsClient(config.imds, clock=clock)
+    facts_client = ImdsClient(config.imds, clock=clock)
     webhook = (
         Webhook(config.agent.webhook_url, config.agent.webhook_attempts, clock=clock)
         if config.agent.webhook_url
@@ -66,8 +66,8 @@ def build_agent(
     )
     parts = Parts(
         clock=clock,
-        monitors=default_monitors(client),
-        fetch_facts=lambda: fetch_facts(client),
+        monitors=default_monitors(lambda: ImdsClient(config.imds, clock=clock), clock),
+        fetch_facts=lambda: fetch_facts(facts_client),
         host=HostSignals(fs),
         estimator=ImageEstimator(fs, config.hibernate),
         reclaimer=StagedReclaimer(

@@ -137,7 +137,7 @@ class TestStopNotice:
         pre_hibernate = hook(tmp_path, "pre-hibernate")
         with served(instance_id) as imds:
             agent = make_agent(tmp_path, imds, busy_host)
-            agent.tick()
+            until(lambda: agent.facts is not None and agent.estimate is not None, agent)
             assert agent.facts is not None
             assert agent.facts.instance_id == instance_id
             assert agent.estimate is not None
@@ -229,18 +229,17 @@ class TestFaults:
             server = MetricsServer(agent.parts.metrics, agent.healthy, "127.0.0.1", 0).start()
             health = f"http://127.0.0.1:{server.port}/healthz"
             try:
-                agent.tick()
+                until(lambda: agent.facts is not None, agent)
                 assert requests.get(health, timeout=2).status_code == 200
                 imds.set_fault("error_503")
-                for _ in range(3):
-                    agent.tick()
+                until(lambda: not agent.healthy()[0], agent)
                 answer = requests.get(health, timeout=2)
                 assert answer.status_code == 503
                 assert "503" in answer.text or "unavailable" in answer.text.lower()
                 imds.set_fault("garbage", count=4)
                 agent.tick()  # malformed answers are logged, not fatal
                 imds.clear_faults()
-                agent.tick()
+                until(lambda: agent.healthy()[0], agent)
                 assert requests.get(health, timeout=2).status_code == 200
                 metrics = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=2).text
                 assert 'spotguard_phase{phase="armed"} 1.0' in metrics
