@@ -6,14 +6,35 @@ import json
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from botocore.utils import InstanceMetadataFetcher
 
 from spotguard.clock import FakeClock
-from spotguard.imds import TOKEN_HEADER, TOKEN_PATH, TTL_HEADER, ImdsClient, format_rfc3339
-from spotguard.simulator import MetadataSimulator, SimulatedInstance, scheduled_event
+from spotguard.imds import (
+    TOKEN_HEADER,
+    TOKEN_PATH,
+    TTL_HEADER,
+    ImdsClient,
+    format_rfc3339,
+    parse_event_time,
+)
+from spotguard.simulator import (
+    AWS_MOCK,
+    BAD_EVENT_TIME,
+    BAD_TIME,
+    BAD_TOKENS,
+    HUGE_SIZE,
+    MOCK_EVENT_ID,
+    MetadataSimulator,
+    Quirks,
+    SimulatedInstance,
+    scheduled_event,
+)
 from tests.fixtures_imds import fast_config
 
 TIMEOUT = 2.0
@@ -295,3 +316,264 @@ def test_module_entry_point_serves_until_sigterm(tmp_path: Path) -> None:
         finally:
             process.terminate()
         assert process.wait(timeout=30) == 0
+
+
+# -- peers: AWS's metadata mock ------------------------------------------------------------
+
+
+@pytest.fixture
+def mock_sim(sim_clock: FakeClock) -> Iterator[MetadataSimulator]:
+    with MetadataSimulator(clock=sim_clock, quirks=AWS_MOCK) as sim:
+        yield sim
+
+
+def test_aws_mock_moves_notice_and_rebalance_times(
+    mock_sim: MetadataSimulator, sim_clock: FakeClock
+) -> None:
+    mock_sim.set_notice("stop")
+    mock_sim.set_rebalance()
+    seen = []
+    for _ in range(2):
+        action = requests.get(mock_sim.url + f"{META}/spot/instance-action", timeout=TIMEOUT)
+        rebalance = requests.get(
+            mock_sim.url + f"{META}/events/recommendations/rebalance", timeout=TIMEOUT
+        )
+        assert action.headers["Content-Type"] == "application/json"
+        assert "\n\t" in action.text  # tab-indented, as the mock's encoder writes it
+        seen.append((action.json()["time"], rebalance.json()["noticeTime"]))
+        sim_clock.advance(7)
+    start = sim_clock.wall() - 14
+    assert seen == [
+        (format_rfc3339(start + 120), format_rfc3339(start)),
+        (format_rfc3339(start + 127), format_rfc3339(start + 7)),
+    ]
+    mock_sim.set_notice("stop", start + 500)  # pinned, as with the mock's -t
+    for _ in range(2):
+        sim_clock.advance(3)
+        answer = requests.get(mock_sim.url + f"{META}/spot/instance-action", timeout=TIMEOUT)
+        assert answer.json()["time"] == format_rfc3339(start + 500)
+
+
+def test_aws_mock_pages_paths_and_tokens(mock_sim: MetadataSimulator, sim_clock: FakeClock) -> None:
+    started = sim_clock.wall()
+    sim_clock.advance(600)
+    missing = requests.get(mock_sim.url + f"{META}/hibernation/configured", timeout=TIMEOUT)
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert missing.headers["X-Content-Type-Options"] == "nosniff"
+    assert missing.text.startswith("<?xml")
+    assert "404 - Not Found" in missing.text
+    # Tokens are not enforced: no token, a bogus one and a forwarded PUT all pass.
+    assert requests.get(mock_sim.url + f"{META}/instance-id", timeout=TIMEOUT).ok
+    assert get(mock_sim, f"{META}/instance-id", "bogus").ok
+    forwarded = {TTL_HEADER: "60", "X-Forwarded-For": "10.0.0.1"}
+    assert requests.put(mock_sim.url + TOKEN_PATH, headers=forwarded, timeout=TIMEOUT).ok
+    empty = requests.get(mock_sim.url + TOKEN_PATH, timeout=TIMEOUT)
+    assert (empty.status_code, empty.content) == (200, b"")
+    assert requests.post(mock_sim.url + f"{META}/instance-id", timeout=TIMEOUT).ok
+    assert get(mock_sim, f"/2021-03-23{META[7:]}/instance-id").status_code == 404
+    events = get(mock_sim, f"{META}/events/maintenance/scheduled").json()
+    assert [e["EventId"] for e in events] == [MOCK_EVENT_ID]
+    assert parse_event_time(events[0]["NotBefore"], "t") == started  # already past
+    assert "NotBeforeDeadline" in events[0]
+
+
+def test_wall_clock_tokens_expire_across_a_hibernation(sim_clock: FakeClock) -> None:
+    path = f"{META}/instance-id"
+    for quirks, after in ((Quirks(), 200), (Quirks(wall_clock_tokens=True), 401)):
+        with MetadataSimulator(clock=sim_clock, quirks=quirks) as sim:
+            tok = token(sim, "5")
+            sim_clock.hibernate(60)  # the wall clock moves, the monotonic one does not
+            assert get(sim, path, tok).status_code == after
+
+
+def test_quirks_by_name_over_http_and_on_the_command_line(simulator: MetadataSimulator) -> None:
+    assert Quirks.from_names(["aws-mock"]) == AWS_MOCK
+    assert Quirks.from_names(["moving-times"]) == Quirks(moving_times=True)
+    with pytest.raises(ValueError, match="unknown quirk"):
+        Quirks.from_names(["sloppy"])
+    assert control(simulator, "POST", "quirks", json={"names": ["no_hibernation_path"]}).ok
+    assert get(simulator, f"{META}/hibernation/configured").status_code == 404
+    assert control(simulator, "GET", "quirks").json()["no_hibernation_path"] is True
+    assert control(simulator, "POST", "quirks", json={"names": ["nope"]}).status_code == 400
+    assert control(simulator, "POST", "quirks", json={"names": []}).ok
+    assert get(simulator, f"{META}/hibernation/configured").text == "true"
+
+
+def test_module_entry_point_aws_mock_notice_and_fault() -> None:
+    args = ["--port", "0", "--aws-mock", "--notice", "stop"]
+    args += ["--fault", f"error_503,count=1,path={META}/instance-id"]
+    command = [sys.executable, "-m", "spotguard.simulator", *args]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            url = process.stdout.readline().strip()
+            statuses = [
+                requests.get(url + f"{META}/instance-id", timeout=TIMEOUT).status_code
+                for _ in range(2)
+            ]
+            assert statuses == [503, 200]
+            action = requests.get(url + f"{META}/spot/instance-action", timeout=TIMEOUT)
+            assert action.json()["action"] == "stop"
+            assert action.headers["Content-Type"] == "application/json"
+        finally:
+            process.terminate()
+        assert process.wait(timeout=30) == 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "spotguard.simulator", "--fault", "gremlins"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "unknown fault" in bad.stderr
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+def test_hang_holds_until_stop() -> None:
+    sim = MetadataSimulator(v1_allowed=True).start()  # hang: an hour unless stopped
+    sim.set_fault("hang", path=f"{META}/spot/")
+    with pytest.raises(requests.Timeout):
+        requests.get(sim.url + f"{META}/spot/instance-action", timeout=0.3)
+    assert requests.get(sim.url + f"{META}/instance-id", timeout=TIMEOUT).ok
+    sim.set_fault("hang", 1)
+    with pytest.raises(requests.Timeout):
+        requests.put(sim.url + TOKEN_PATH, headers={TTL_HEADER: "60"}, timeout=0.3)
+    sim.stop()  # returns although two requests are still held
+    assert sim.count(status=0) == 2
+
+
+def test_drip_trickles_the_honest_answer(simulator: MetadataSimulator) -> None:
+    tok = token(simulator)
+    simulator.set_notice("stop")
+    honest = get(simulator, f"{META}/spot/instance-action", tok).content
+    simulator.set_fault("drip", 1, delay=1.0)
+    began = time.monotonic()
+    with requests.get(
+        simulator.url + f"{META}/spot/instance-action",
+        headers={TOKEN_HEADER: tok},
+        timeout=TIMEOUT,  # per read: every byte comes well within it
+        stream=True,
+    ) as answer:
+        first = answer.raw.read(1)
+        first_at = time.monotonic()
+        rest = answer.raw.read()
+    assert first + rest == honest
+    assert time.monotonic() - first_at >= 0.8  # the rest came slowly, byte by byte
+    assert time.monotonic() - began >= 0.9
+
+
+@pytest.mark.parametrize("fault", ["huge", "huge_unsized"])
+def test_huge_bodies(simulator: MetadataSimulator, fault: str) -> None:
+    tok = token(simulator)
+    simulator.set_fault(fault, 1)
+    with requests.get(
+        simulator.url + f"{META}/instance-id",
+        headers={TOKEN_HEADER: tok},
+        timeout=TIMEOUT,
+        stream=True,
+    ) as answer:
+        head = answer.raw.read(1 << 20)
+        if fault == "huge":
+            assert answer.headers["Content-Length"] == str(HUGE_SIZE)
+        else:
+            assert "Content-Length" not in answer.headers
+    assert head == b" " * (1 << 20)
+    assert get(simulator, f"{META}/instance-id", tok).text == "i-0123456789abcdef0"
+
+
+def test_nested_json_breaks_a_naive_parser(simulator: MetadataSimulator) -> None:
+    simulator.set_fault("nested", 1)
+    body = get(simulator, f"{META}/spot/instance-action").content
+    assert len(body) <= 16384
+    with pytest.raises(RecursionError):
+        json.loads(body)
+
+
+def test_bad_time_on_every_time_path(simulator: MetadataSimulator) -> None:
+    tok = token(simulator)
+    simulator.set_fault("bad_time", 4)
+    assert get(simulator, f"{META}/spot/instance-action", tok).json()["time"] == BAD_TIME
+    assert get(simulator, f"{META}/spot/termination-time", tok).text == BAD_TIME
+    rebalance = get(simulator, f"{META}/events/recommendations/rebalance", tok).json()
+    assert rebalance == {"noticeTime": BAD_TIME}
+    events = get(simulator, f"{META}/events/maintenance/scheduled", tok).json()
+    assert [e["NotBefore"] for e in events] == [BAD_EVENT_TIME]
+    assert get(simulator, f"{META}/spot/instance-action", tok).status_code == 404  # used up
+    odd = "2026-12-01T08:22:00+23:59"
+    simulator.set_notice("terminate")
+    simulator.set_fault("bad_time", 1, value=odd)
+    action = get(simulator, f"{META}/spot/instance-action", tok).json()
+    assert action == {"action": "terminate", "time": odd}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
+def test_bad_token_answers(simulator: MetadataSimulator, kind: str) -> None:
+    simulator.set_fault("bad_token", 1, value=BAD_TOKENS[kind])
+    answer = requests.put(simulator.url + TOKEN_PATH, headers={TTL_HEADER: "60"}, timeout=TIMEOUT)
+    assert answer.status_code == 200
+    assert answer.content == BAD_TOKENS[kind].encode()
+    assert len(token(simulator)) >= 32  # the next PUT is honest
+
+
+def test_bad_token_default_is_crlf(simulator: MetadataSimulator) -> None:
+    simulator.set_fault("bad_token", 1)
+    answer = requests.put(simulator.url + TOKEN_PATH, headers={TTL_HEADER: "60"}, timeout=TIMEOUT)
+    assert b"\r\n" in answer.content
+
+
+def test_never_accept_makes_connects_time_out(simulator: MetadataSimulator) -> None:
+    url = simulator.url + f"{META}/instance-id"
+    session = requests.Session()
+    tok = token(simulator)
+    assert session.get(url, headers={TOKEN_HEADER: tok}, timeout=TIMEOUT).ok  # kept alive
+    with pytest.raises(ValueError, match="never_accept"):
+        simulator.set_fault("never_accept", 1)
+    simulator.set_fault("never_accept")
+    with pytest.raises(requests.ConnectTimeout):
+        requests.get(url, headers={TOKEN_HEADER: tok}, timeout=(0.3, 0.3))
+    with pytest.raises(requests.ConnectionError):  # the kept-alive connection was cut
+        session.get(url, headers={TOKEN_HEADER: tok}, timeout=(0.3, 0.3))
+    simulator.clear_faults()
+    assert _eventually_ok(url, tok)
+    simulator.set_fault("never_accept", delay=0.5)
+    assert _eventually_ok(url, tok)  # ends by itself
+
+
+def _eventually_ok(url: str, tok: str) -> bool:
+    for _ in range(40):
+        try:
+            return requests.get(url, headers={TOKEN_HEADER: tok}, timeout=(0.5, 2)).ok
+        except requests.ConnectionError:
+            continue
+    return False
+
+
+# -- instance profile ------------------------------------------------------------------------
+
+
+def test_fake_instance_profile_credentials(simulator: MetadataSimulator) -> None:
+    tok = token(simulator)
+    role = get(simulator, f"{META}/iam/security-credentials/", tok).text
+    assert role == SimulatedInstance().iam_role
+    credentials = get(simulator, f"{META}/iam/security-credentials/{role}", tok).json()
+    assert credentials["AccessKeyId"].startswith("ASIAFAKE")
+    assert "fake" in credentials["SecretAccessKey"]
+    assert "fake" in credentials["Token"]
+    info = get(simulator, f"{META}/iam/info", tok).json()
+    assert info["InstanceProfileArn"].endswith(f"instance-profile/{role}")
+    with MetadataSimulator(instance=SimulatedInstance(iam_role="")) as bare:
+        assert get(bare, f"{META}/iam/info").status_code == 404
+
+
+def test_botocore_reads_the_fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AWS_EC2_METADATA_DISABLED", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with MetadataSimulator() as sim:  # the real clock: botocore checks the expiry
+        fetcher = InstanceMetadataFetcher(timeout=2, num_attempts=1, base_url=sim.url)
+        credentials = fetcher.retrieve_iam_role_credentials()
+    assert credentials["access_key"] == "ASIAFAKESIMULATOR000"
+    assert credentials["role_name"] == SimulatedInstance().iam_role
