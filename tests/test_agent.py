@@ -3,7 +3,6 @@ and a simulated host tree whose 'kernel' reclaims when the engine writes memory.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -11,11 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import requests
@@ -29,32 +27,8 @@ from spotguard.metrics import MetricsServer
 from spotguard.planner import Phase, Resumed
 from spotguard.simhost import GIB, SimCgroup, SimHost
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
+from tests.fixtures_agent import REPO, Receiver, hook, stop_calls
 from tests.fixtures_aws import MotoServer
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def stop_calls(moto: MotoServer) -> list[dict[str, list[str]]]:
-    """Every StopInstances moto received since recording started, as parsed form bodies."""
-    calls = []
-    for line in moto.recorded().splitlines():
-        entry = json.loads(line)
-        body = entry.get("body") or ""
-        if entry.get("body_encoded"):
-            body = base64.b64decode(body).decode()
-        form = urllib.parse.parse_qs(body)
-        if form.get("Action") == ["StopInstances"]:
-            calls.append(form)
-    return calls
-
-
-@pytest.fixture
-def instance_id(moto_server: MotoServer) -> str:
-    answer = moto_server.ec2().run_instances(
-        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, HibernationOptions={"Configured": True}
-    )
-    moto_server.start_recording()
-    return answer["Instances"][0]["InstanceId"]
 
 
 def agent_config(tmp_path: Path, imds_url: str, **sections: dict[str, object]) -> Config:
@@ -73,19 +47,6 @@ def agent_config(tmp_path: Path, imds_url: str, **sections: dict[str, object]) -
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
     return from_mapping(raw, env={})
-
-
-def hook(tmp_path: Path, kind: str, name: str = "record") -> Path:
-    """A hook that appends its kind and event to a file: proof it ran, and with what."""
-    folder = tmp_path / "hooks" / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    out = tmp_path / f"{kind}.log"
-    script = folder / name
-    script.write_text(
-        f'#!/bin/sh\necho "$SPOTGUARD_HOOK $SPOTGUARD_EVENT_KIND $SPOTGUARD_ACTION" >> {out}\n'
-    )
-    script.chmod(0o755)
-    return out
 
 
 def until(condition: Callable[[], bool], agent: Agent, limit_s: float = 20.0) -> None:
@@ -251,24 +212,11 @@ class TestFaults:
         assert len(stop_calls(moto_server)) == 1
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    got: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        self.got.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_webhook_hears_notice_and_hibernation(
     tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
 ) -> None:
-    _Receiver.got = []
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    Receiver.got = []
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     try:
@@ -279,9 +227,9 @@ def test_webhook_hears_notice_and_hibernation(
             agent.shutdown()  # waits for the background sends
     finally:
         receiver.shutdown()
-    assert [m["what"] for m in _Receiver.got] == ["notice", "hibernating"]
-    assert _Receiver.got[0]["instance_id"] == instance_id
-    assert _Receiver.got[1]["event"]["action"] == "stop"
+    assert [m["what"] for m in Receiver.got] == ["notice", "hibernating"]
+    assert Receiver.got[0]["instance_id"] == instance_id
+    assert Receiver.got[1]["event"]["action"] == "stop"
 
 
 def test_spotguard_run_daemon(tmp_path: Path, moto_server: MotoServer, instance_id: str) -> None:
