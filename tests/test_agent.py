@@ -120,6 +120,9 @@ class TestStopNotice:
         assert pre_hibernate.read_text().split() == ["pre-hibernate", "spot-interruption", "stop"]
         state = json.loads(Path(agent.parts.state_file.path).read_text())
         assert state["phase"] == "hibernating"
+        assert state["issued_for"] == agent.state.notice_id
+        assert state["issue"] == "issued"
+        assert state["handled_notices"] == []
 
     def test_no_stop_when_hibernation_is_not_configured(
         self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
@@ -173,12 +176,31 @@ class TestResume:
             decisions = agent.tick()
             assert any(isinstance(d, Resumed) for d in decisions)
             assert agent.state.phase is Phase.ARMED
+            state = json.loads(Path(agent.parts.state_file.path).read_text())
+            assert len(state["handled_notices"]) == 1
+            assert state["issued_for"] is None
             assert int(image_size.read_text()) == quiet_host.ram * 2 // 5  # as before, or put back
             imds.set_notice("stop", in_seconds=120)  # armed again: a second notice counts
             until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
             agent.shutdown()
         assert len(stop_calls(moto_server)) == 2
         assert post_resume.read_text().startswith("post-resume")
+
+    def test_slow_ticks_and_a_bare_sigusr1_are_not_a_resume(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        clock = FakeClock(wall=time.time(), monotonic=time.monotonic())
+        with served(instance_id, clock=clock) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host, clock=clock)
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            clock.advance(12.6)  # a tick held up 12.6 s: both clocks moved, nothing slept
+            assert not any(isinstance(d, Resumed) for d in agent.tick())
+            agent.resume_flag.set()  # the sleep hook's signal, with no sleep behind it
+            assert not any(isinstance(d, Resumed) for d in agent.tick())
+            assert agent.state.phase is Phase.HIBERNATING
+            agent.shutdown()
+        assert len(stop_calls(moto_server)) == 1
 
 
 class TestFaults:

@@ -169,6 +169,15 @@ class TestWarnings:
         )
         assert isinstance(decisions[0], CancelReclaim)
 
+    def test_a_running_deep_reclaim_is_not_restarted_for_another_warning(self) -> None:
+        rebalance = Event(EventKind.REBALANCE, "rebalance:t", "rebalance", WALL)
+        stop = Event(EventKind.SCHEDULED, "evt-1", "instance-stop", WALL + 86400)
+        state, _ = plan(PlannerState(), obs(0, events=(rebalance,)), config())
+        running = obs(1, events=(rebalance, stop), reclaim_running=Intensity.DEEP)
+        state, decisions = plan(dataclasses.replace(state, prepared_for="other"), running, config())
+        assert decisions == []
+        assert state.phase is Phase.PREPARING
+
     @pytest.mark.parametrize("code", ["instance-stop", "instance-retirement"])
     def test_scheduled_stop_is_a_warning(self, code: str) -> None:
         event = Event(EventKind.SCHEDULED, "evt-1", code, WALL + 86400)
