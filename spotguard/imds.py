@@ -1,24 +1,38 @@
-"""Client for the EC2 instance metadata service: IMDSv2 tokens, timeouts, retries, clear errors.
+"""Client for the EC2 instance metadata service: IMDSv2 tokens, deadlines, limits, clear errors.
 
 Every failure becomes an `ImdsError` subclass that names the path, so the agent can log it,
 count it and keep polling. "No such data" (404) is not a failure: the getters return None.
 The wire formats the service uses (token headers, time formats) live here too, so the
 simulator speaks exactly what the client expects.
+
+A metadata service can misbehave in ways that would stall or crash a naive client: answer
+byte by byte, send 64 MiB, nest JSON thousands deep, hand out a token with CR/LF in it, or
+announce a time no datetime can hold. So every call has one total deadline (connect and every
+read, by the real clock), bodies are capped and streamed, JSON depth is checked before parsing,
+times must fall in a sane range and tokens must be printable ASCII of sane length.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
-from datetime import UTC, datetime
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
 import structlog
+import urllib3
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -34,6 +48,14 @@ EVENT_TIME = "%d %b %Y %H:%M:%S GMT"  # scheduled events: "21 Jan 2019 09:00:43 
 # Refresh this long before the token expires, at most 10 % of its lifetime.
 REFRESH_MARGIN = 60.0
 SNIPPET = 80
+# The largest answer read: user-data (16 KiB on EC2) is the biggest thing anyone reads here.
+MAX_BODY = 32 * 1024
+MAX_JSON_DEPTH = 16  # IMDS documents nest 3 deep
+TOKEN_SHAPE = re.compile(r"[\x21-\x7e]{1,1024}")  # real tokens: ~56 base64 characters
+# Times outside this range are garbage (or break datetime on the way back out).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 are the zones that exist
 
 log = structlog.get_logger()
 
@@ -50,21 +72,30 @@ class ImdsUnavailableError(ImdsError):
     """Timeouts, refused connections or 5xx answers, still failing after every attempt."""
 
 
+class ImdsServerError(ImdsUnavailableError):
+    """5xx or 429: the service answered "try again"; the only failure retried within a call."""
+
+
 class ImdsTokenTimeoutError(ImdsUnavailableError):
     """The token PUT got no answer: usually the hop limit (HttpPutResponseHopLimit)."""
 
 
 class ImdsMalformedError(ImdsError):
-    """An answer that is not what the path promises (bad JSON, missing fields)."""
+    """An answer that is not what the path promises (bad JSON, missing fields, too big)."""
 
 
 def parse_rfc3339(text: str, path: str) -> float:
-    """'2026-12-01T08:22:00Z' as epoch seconds (no zone means UTC)."""
+    """'2026-12-01T08:22:00Z' as epoch seconds (no zone means UTC), within EARLIEST..LATEST."""
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ImdsMalformedError(f"{path}: bad time {text[:SNIPPET]!r}") from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    offset = moment.utcoffset()
+    if offset is not None and (abs(offset) > MAX_OFFSET or offset % timedelta(minutes=1)):
+        raise ImdsMalformedError(f"{path}: impossible UTC offset in {text[:SNIPPET]!r}")
+    return _in_range(
+        (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp(), text, path
+    )
 
 
 def format_rfc3339(epoch: float) -> str:
@@ -72,15 +103,58 @@ def format_rfc3339(epoch: float) -> str:
 
 
 def parse_event_time(text: str, path: str) -> float:
+    """'21 Jan 2019 09:00:43 GMT' as epoch seconds, within EARLIEST..LATEST."""
     try:
-        return datetime.strptime(text.strip(), EVENT_TIME).replace(tzinfo=UTC).timestamp()
+        moment = datetime.strptime(text.strip(), EVENT_TIME).replace(tzinfo=UTC)
     except ValueError:
         raise ImdsMalformedError(f"{path}: bad time {text[:SNIPPET]!r}") from None
+    return _in_range(moment.timestamp(), text, path)
 
 
 def format_event_time(epoch: float) -> str:
     moment = datetime.fromtimestamp(epoch, UTC)
     return f"{moment.day} {moment:%b %Y %H:%M:%S} GMT"  # AWS does not pad the day
+
+
+def _in_range(epoch: float, text: str, path: str) -> float:
+    if not EARLIEST <= epoch < LATEST:
+        raise ImdsMalformedError(f"{path}: time out of range (2000..2100): {text[:SNIPPET]!r}")
+    return epoch
+
+
+def json_depth_ok(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether `body` nests at most `limit` deep (brackets outside strings), checked before
+    json.loads would recurse into it: no RecursionError, linear in the (capped) size."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return False
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What one request got: the status and the whole (capped) body."""
+
+    status: int
+    body: bytes
+
+    @property
+    def snippet(self) -> str:
+        return self.body[:SNIPPET].decode("utf-8", errors="replace")
 
 
 class ImdsClient:
@@ -89,6 +163,12 @@ class ImdsClient:
     The token is kept and refreshed shortly before it expires, by the monotonic clock. That
     clock stops during a hibernation while the token's lifetime does not, so a token can
     still come back 401 after a resume: then one new token is fetched and the GET repeated.
+
+    Every request (the token PUT, each GET) ends within `deadline` seconds of real time,
+    connect and all reads together. A timeout or a refused connection ends the call, so a dead
+    or hanging service costs one deadline per call, not attempts x timeouts: the next poll is
+    the retry. Only answers that say "try again" (5xx, 429) are retried within a call, with
+    backoff, for at most one more deadline.
     """
 
     def __init__(
@@ -98,9 +178,15 @@ class ImdsClient:
         session: requests.Session | None = None,
         *,
         backoff_max: float = 1.0,
+        deadline: float | None = None,
+        max_body: int = MAX_BODY,
+        timer: Callable[[], float] = time.monotonic,
     ) -> None:
         """Waits between attempts are random (full jitter) up to backoff_max/4, /2, then
-        backoff_max, slept on `clock`; `session` defaults to one that ignores proxy settings."""
+        backoff_max, slept on `clock`; `session` defaults to one that ignores proxy settings.
+        `deadline` (default: the larger of the connect and read timeouts) is measured on
+        `timer`, real time: the network does not run on a test's fake clock. Bodies over
+        `max_body` bytes are refused unread."""
         self._base = config.url.rstrip("/")
         self._config = config
         self._clock = clock or SystemClock()
@@ -108,76 +194,97 @@ class ImdsClient:
             session = requests.Session()
             session.trust_env = False  # never send metadata requests through a proxy
         self._session = session
-        self._timeout = (config.connect_timeout, config.read_timeout)
+        self._deadline = deadline or max(config.connect_timeout, config.read_timeout)
+        self._max_body = max_body
+        self._timer = timer
         self._token: str | None = None
         self._refresh_at = 0.0
         self._v1 = False  # set once a service without tokens was found and v1 is allowed
         self._retrying = Retrying(
-            stop=stop_after_attempt(config.attempts),
+            stop=stop_after_attempt(config.attempts) | stop_before_delay(self._deadline),
             wait=wait_random_exponential(multiplier=backoff_max / 8, max=backoff_max),
-            retry=retry_if_exception_type(ImdsUnavailableError),
+            retry=retry_if_exception_type(ImdsServerError),
             sleep=self._clock.sleep,
             before_sleep=_log_retry,
             reraise=True,
         )
 
+    @property
+    def deadline(self) -> float:
+        """The most one call may take, in seconds."""
+        return self._deadline
+
     def get_text(self, path: str) -> str | None:
         body = self.get_bytes(path)
         return None if body is None else body.decode("utf-8", errors="replace")
 
-    def get_json(self, path: str) -> Any | None:
-        """The parsed body, whatever content type the service claims (AWS's mock sends JSON)."""
+    def get_json(self, path: str, expect: type | tuple[type, ...] | None = None) -> Any | None:
+        """The parsed body, whatever content type the service claims (AWS's mock sends JSON);
+        `expect` (e.g. dict) is the type the path promises."""
         body = self.get_bytes(path)
         if body is None:
             return None
+        if not json_depth_ok(body):
+            raise ImdsMalformedError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH}")
         try:
-            return json.loads(body)
+            data = json.loads(body)
         except ValueError:
             snippet = body[:SNIPPET].decode("utf-8", errors="replace")
             raise ImdsMalformedError(f"{path}: not JSON: {snippet!r}") from None
+        if expect is not None and not isinstance(data, expect):
+            raise ImdsMalformedError(
+                f"{path}: expected {_type_names(expect)}, got {type(data).__name__}"
+            )
+        return data
 
     def get_bytes(self, path: str) -> bytes | None:
         return self._retrying(self._get_once, path)
 
     def _get_once(self, path: str) -> bytes | None:
-        response = self._send("GET", path, self._auth_headers())
-        if response.status_code == 401:
+        reply = self._send("GET", path, self._auth_headers())
+        if reply.status == 401:
             log.info("imds.token.rejected", path=path)
             self._token, self._v1 = None, False
-            response = self._send("GET", path, self._auth_headers())
-        if response.status_code == 200:
-            return response.content
-        if response.status_code == 404:
+            reply = self._send("GET", path, self._auth_headers())
+        if reply.status == 200:
+            return reply.body
+        if reply.status == 404:
             return None
-        raise _failure(response, f"GET {path}")
+        raise _failure(reply, f"GET {path}")
 
     def _auth_headers(self) -> dict[str, str]:
         if self._v1:
             return {}
         if self._token is None or self._clock.monotonic() >= self._refresh_at:
-            self._fetch_token()
+            try:
+                self._fetch_token()
+            except ImdsMalformedError as exc:  # discarded; one more try in this call's time
+                log.warning("imds.token.malformed", error=str(exc))
+                self._fetch_token()
         return {} if self._token is None else {TOKEN_HEADER: self._token}
 
     def _fetch_token(self) -> None:
         ttl = int(self._config.token_ttl)
+        self._token = None
+        reply: _Reply | None
         try:
-            response = self._send("PUT", TOKEN_PATH, {TTL_HEADER: str(ttl)})
+            reply = self._send("PUT", TOKEN_PATH, {TTL_HEADER: str(ttl)})
         except ImdsTokenTimeoutError:
             if not self._config.allow_v1:
                 raise
-            response = None
-        if response is None or response.status_code in (404, 405):
-            self._use_v1(response)
+            reply = None
+        if reply is None or reply.status in (404, 405):
+            self._use_v1(reply)
             return
-        if response.status_code != 200:
-            raise _failure(response, f"PUT {TOKEN_PATH}")
-        self._token = response.text.strip()
+        if reply.status != 200:
+            raise _failure(reply, f"PUT {TOKEN_PATH}")
+        self._token = _valid_token(reply.body)
         self._refresh_at = self._clock.monotonic() + ttl - min(REFRESH_MARGIN, ttl / 10)
         log.info("imds.token.refreshed", ttl=ttl)
 
-    def _use_v1(self, response: requests.Response | None) -> None:
+    def _use_v1(self, reply: _Reply | None) -> None:
         """Fall back to tokenless GETs: a service without IMDSv2, or a PUT lost to the hop limit."""
-        why = "timed out" if response is None else f"HTTP {response.status_code}"
+        why = "timed out" if reply is None else f"HTTP {reply.status}"
         if not self._config.allow_v1:
             raise ImdsError(
                 f"PUT {TOKEN_PATH}: {why}: no IMDSv2 here; set imds.allow_v1 to use IMDSv1"
@@ -185,26 +292,104 @@ class ImdsClient:
         log.warning("imds.v1.fallback", reason=why)
         self._token, self._v1 = None, True
 
-    def _send(self, method: str, path: str, headers: dict[str, str]) -> requests.Response:
+    def _send(self, method: str, path: str, headers: dict[str, str]) -> _Reply:
+        """One request, all done within the deadline: connect, headers, the streamed body."""
+        what = f"{method} {path}"
+        ends = self._timer() + self._deadline
         url = f"{self._base}/{path.lstrip('/')}"
+        timeout = (
+            min(self._config.connect_timeout, self._deadline),
+            min(self._config.read_timeout, self._deadline),
+        )
         try:
-            return self._session.request(method, url, headers=headers, timeout=self._timeout)
-        except requests.ConnectTimeout as exc:  # nothing there: not the hop limit
-            raise ImdsUnavailableError(f"{method} {path}: connect timed out ({exc})") from exc
+            response = self._session.request(
+                method,
+                url,
+                headers={**headers, "Accept-Encoding": "identity"},
+                timeout=timeout,
+                stream=True,
+            )
+        except requests.ConnectTimeout as exc:  # nothing accepting: not the hop limit
+            raise ImdsUnavailableError(f"{what}: connect timed out ({exc})") from exc
         except requests.Timeout as exc:
             if method == "PUT":
                 raise ImdsTokenTimeoutError(
-                    f"PUT {path}: no answer in {self._config.read_timeout} s "
+                    f"{what}: no answer in {timeout[1]:.3g} s "
                     "(hop limit? HttpPutResponseHopLimit too low for this network path)"
                 ) from exc
-            raise ImdsUnavailableError(f"{method} {path}: timed out ({exc})") from exc
+            raise ImdsUnavailableError(f"{what}: timed out ({exc})") from exc
         except requests.RequestException as exc:
-            raise ImdsUnavailableError(f"{method} {path}: {exc}") from exc
+            raise ImdsUnavailableError(f"{what}: {exc}") from exc
+        try:
+            body = self._read_body(response, what, ends)
+        except BaseException:
+            response.close()  # half read: the connection cannot be reused
+            raise
+        response.raw.release_conn()
+        return _Reply(response.status_code, body)
+
+    def _read_body(self, response: requests.Response, what: str, ends: float) -> bytes:
+        """The body, read as it comes, stopped at the cap and at the deadline."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            raise ImdsMalformedError(
+                f"{what}: a {declared} byte answer, over the {self._max_body} byte cap"
+            )
+        raw = response.raw
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            left = ends - self._timer()
+            if left <= 0:
+                raise ImdsUnavailableError(
+                    f"{what}: answer not complete within the {self._deadline} s deadline "
+                    f"({size} bytes so far)"
+                )
+            _wait_at_most(raw, min(left, self._config.read_timeout))
+            try:
+                chunk = raw.read1(self._max_body + 1 - size)
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+                raise ImdsUnavailableError(
+                    f"{what}: answer not complete within the {self._deadline} s deadline "
+                    f"({size} bytes so far)"
+                ) from exc
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+                raise ImdsUnavailableError(f"{what}: reading the answer: {exc}") from exc
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > self._max_body:
+                raise ImdsMalformedError(f"{what}: answer over the {self._max_body} byte cap")
+            chunks.append(chunk)
 
 
-def _failure(response: requests.Response, what: str) -> ImdsError:
-    """The error for a non-200 answer; only the retryable ones are ImdsUnavailableError."""
-    status = response.status_code
+def _wait_at_most(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
+    """Shorten the socket's per-read timeout so the next read cannot outlast the deadline."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.settimeout(max(seconds, 0.001))
+
+
+def _valid_token(body: bytes) -> str:
+    """The token if it can go into a header as it is: printable ASCII, no spaces, sane length."""
+    token = body.strip()
+    if TOKEN_SHAPE.fullmatch(token.decode("latin-1")) is None:
+        why = f"{len(token)} bytes" if len(token) > SNIPPET else repr(token)
+        raise ImdsMalformedError(
+            f"PUT {TOKEN_PATH}: token discarded: not 1..1024 printable ASCII characters ({why})"
+        )
+    return token.decode("ascii")
+
+
+def _type_names(expect: type | tuple[type, ...]) -> str:
+    kinds = expect if isinstance(expect, tuple) else (expect,)
+    names: dict[type, str] = {dict: "a JSON object", list: "a JSON array", str: "a JSON string"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _failure(reply: _Reply, what: str) -> ImdsError:
+    """The error for a non-200 answer; only the retryable ones are ImdsServerError."""
+    status = reply.status
     if status == 401:
         return ImdsError(f"{what}: token rejected twice (HTTP 401)")
     if status == 403:
@@ -212,14 +397,14 @@ def _failure(response: requests.Response, what: str) -> ImdsError:
             f"{what}: metadata service disabled for this instance (HTTP 403; "
             "or the request came through a proxy)"
         )
-    snippet = response.text[:SNIPPET]
     if status >= 500 or status == 429:
-        return ImdsUnavailableError(f"{what}: HTTP {status} {snippet!r}")
-    return ImdsError(f"{what}: unexpected HTTP {status} {snippet!r}")
+        return ImdsServerError(f"{what}: HTTP {status} {reply.snippet!r}")
+    return ImdsError(f"{what}: unexpected HTTP {status} {reply.snippet!r}")
 
 
 def _log_retry(state: RetryCallState) -> None:
+    """Debug only: the call's final failure is what the agent reports (once, see logs.py)."""
     outcome = state.outcome
     error = outcome.exception() if outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
-    log.warning("imds.retry", attempt=state.attempt_number, wait=round(wait, 3), error=str(error))
+    log.debug("imds.retry", attempt=state.attempt_number, wait=round(wait, 3), error=str(error))

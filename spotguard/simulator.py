@@ -781,6 +781,7 @@ class _Server(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self.timeout = 0.05  # handle_request's wait, so the loop sees stop and refusals
         self._guard = threading.Lock()
+        self._accepting = threading.Lock()
         self._open: set[socket.socket] = set()
         self._refuse_until = 0.0  # time.monotonic(): the listener's time is real time
         self._fillers: list[socket.socket] = []
@@ -793,19 +794,24 @@ class _Server(ThreadingHTTPServer):
 
     def serve(self) -> None:
         while not self.stopping.is_set():
-            if self._refusing():
+            with self._accepting:  # a refusal starts between two accepts, never during one
+                refusing = self._refusing()
+                if not refusing:
+                    self.handle_request()
+            if refusing:
                 self.stopping.wait(self.timeout)
-            else:
-                self.handle_request()
 
     def refuse_connections(self, seconds: float | None) -> None:
         """Accept nothing for `seconds` (None: until called with 0): the backlog is filled
         with idle connections of our own so a new connect gets no answer, and the open
         keep-alive connections are cut so clients must connect anew."""
-        with self._guard:
+        with self._accepting, self._guard:
             until = float("inf") if seconds is None else time.monotonic() + seconds
+            if until <= time.monotonic():
+                self._accept_again()
+                return
             self._refuse_until = until
-            if until <= time.monotonic() or self._fillers:
+            if self._fillers:
                 return
             for _ in range(self.request_queue_size * 2 + 2):  # the accept queue and then some
                 filler = socket.socket(self.address_family, socket.SOCK_STREAM)
@@ -819,10 +825,26 @@ class _Server(ThreadingHTTPServer):
         with self._guard:
             if time.monotonic() < self._refuse_until:
                 return True
-            for filler in self._fillers:  # accepted later, they end at once: EOF
-                filler.close()
-            self._fillers.clear()
+            if self._fillers:
+                self._accept_again()
             return False
+
+    def _accept_again(self) -> None:
+        """End a refusal at once: drop what waits in the accept queue (our fillers, and any
+        connect that got in before the queue filled) so the next connect is answered."""
+        self._refuse_until = 0.0
+        for filler in self._fillers:
+            filler.close()
+        self._fillers.clear()
+        self.socket.setblocking(False)
+        try:
+            while True:
+                conn, _ = self.socket.accept()
+                conn.close()
+        except OSError:
+            pass  # BlockingIOError: the queue is empty
+        finally:
+            self.socket.setblocking(True)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._guard:

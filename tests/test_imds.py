@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from unittest.mock import ANY
 
 import pytest
+from structlog.testing import capture_logs
 
 from spotguard.clock import FakeClock
 from spotguard.config import Seconds
@@ -16,15 +18,23 @@ from spotguard.imds import (
     ImdsDisabledError,
     ImdsError,
     ImdsMalformedError,
+    ImdsServerError,
     ImdsTokenTimeoutError,
     ImdsUnavailableError,
     format_event_time,
     format_rfc3339,
+    json_depth_ok,
     parse_event_time,
     parse_rfc3339,
 )
-from spotguard.simulator import MetadataSimulator
-from tests.fixtures_imds import BACKOFF_MAX, fast_config
+from spotguard.simulator import (
+    AWS_MOCK,
+    BAD_EVENT_TIME,
+    BAD_TIME,
+    BAD_TOKENS,
+    MetadataSimulator,
+)
+from tests.fixtures_imds import BACKOFF_MAX, READ_TIMEOUT, fast_config
 
 INSTANCE_ID = "/latest/meta-data/instance-id"
 ACTION = "/latest/meta-data/spot/instance-action"
@@ -99,7 +109,7 @@ def test_token_put_timeout_names_the_hop_limit(simulator: MetadataSimulator) -> 
     with pytest.raises(ImdsTokenTimeoutError, match=r"hop limit\?") as caught:
         client.get_text(INSTANCE_ID)
     assert isinstance(caught.value, ImdsUnavailableError)
-    assert simulator.count("PUT", TOKEN_PATH, status=0) == 2
+    assert simulator.count("PUT", TOKEN_PATH, status=0) == 1  # one deadline, no retry
     assert simulator.count("GET") == 0
 
 
@@ -133,16 +143,15 @@ def test_server_errors_exhaust_attempts(simulator: MetadataSimulator) -> None:
     assert simulator.count("GET", INSTANCE_ID, 503) == 3
 
 
-def test_read_timeout_is_retried_then_gives_up(simulator: MetadataSimulator) -> None:
-    client = client_for(simulator, attempts=2)
+def test_read_timeout_ends_the_call_without_retry(simulator: MetadataSimulator) -> None:
+    client = client_for(simulator, attempts=3)
     client.get_text(INSTANCE_ID)
     simulator.set_fault("timeout", 1)
-    assert client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"
-    simulator.set_fault("timeout")
     with pytest.raises(ImdsUnavailableError, match="timed out") as caught:
         client.get_text(INSTANCE_ID)
     assert not isinstance(caught.value, ImdsTokenTimeoutError)
-    assert simulator.count("GET", INSTANCE_ID, status=0) == 3
+    assert simulator.count("GET", INSTANCE_ID, status=0) == 1
+    assert client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"  # the next poll is the retry
 
 
 def test_connection_refused_is_unavailable() -> None:
@@ -152,8 +161,9 @@ def test_connection_refused_is_unavailable() -> None:
     client = ImdsClient(
         fast_config(f"http://127.0.0.1:{port}", attempts=2), clock=FakeClock(), backoff_max=0.01
     )
-    with pytest.raises(ImdsUnavailableError, match="PUT /latest/api/token"):
+    with capture_logs() as logs, pytest.raises(ImdsUnavailableError, match="PUT /latest/api/token"):
         client.get_text(INSTANCE_ID)
+    assert logs == []  # one failed attempt, reported once by the caller
 
 
 def test_garbage_is_malformed_json_but_text_still_reads(
@@ -282,3 +292,190 @@ def test_time_formats_round_trip() -> None:
         parse_rfc3339("soon", "p")
     with pytest.raises(ImdsMalformedError):
         parse_event_time("2027-01-15", "p")
+
+
+# -- every request ends within its deadline, whatever the listener does ---------------------
+
+SLACK = 3.0  # generous: a loaded CI machine; the point is "bounded", not "fast"
+
+
+def notice(client: ImdsClient) -> dict[str, str]:
+    body = client.get_json(ACTION, dict)
+    assert isinstance(body, dict)
+    return body
+
+
+def timed_failure(client: ImdsClient, path: str, error: type[Exception], match: str) -> float:
+    began = time.monotonic()
+    with pytest.raises(error, match=match):
+        client.get_bytes(path)
+    return time.monotonic() - began
+
+
+@pytest.mark.parametrize("path", [INSTANCE_ID, TOKEN_PATH])
+def test_hang_costs_one_deadline(simulator: MetadataSimulator, path: str) -> None:
+    client = client_for(simulator, attempts=5)
+    simulator.set_fault("hang", path=path)
+    error = ImdsTokenTimeoutError if path == TOKEN_PATH else ImdsUnavailableError
+    took = timed_failure(
+        client, INSTANCE_ID, error, "hop limit" if path == TOKEN_PATH else "timed out"
+    )
+    assert took < client.deadline + SLACK
+    assert simulator.count(status=0) == 1
+
+
+def test_never_accepting_listener_costs_one_connect(simulator: MetadataSimulator) -> None:
+    client = client_for(simulator, attempts=5)
+    assert client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"  # a kept-alive connection
+    simulator.set_fault("never_accept")
+    took = timed_failure(client, INSTANCE_ID, ImdsUnavailableError, "connect timed out")
+    assert took < client.deadline + SLACK
+    simulator.clear_faults()
+    assert client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"
+
+
+@pytest.mark.parametrize("path", [ACTION, TOKEN_PATH])
+def test_slow_drip_is_cut_at_the_deadline(simulator: MetadataSimulator, path: str) -> None:
+    simulator.set_notice("stop")
+    client = client_for(simulator)
+    simulator.set_fault("drip", 1, delay=60.0, path=path)  # each byte well within read_timeout
+    took = timed_failure(client, ACTION, ImdsUnavailableError, "not complete within")
+    assert took < client.deadline + SLACK
+    assert notice(client)["action"] == "stop"  # no half-read connection reused
+
+
+def test_deadline_is_total_not_per_read(simulator: MetadataSimulator) -> None:
+    """A drip whose every byte beats read_timeout would pass requests' own timeout."""
+    simulator.set_notice("stop")
+    client = client_for(simulator, read_timeout=Seconds(5.0))
+    client = ImdsClient(client._config, clock=FakeClock(), deadline=0.5)
+    simulator.set_fault("drip", 1, delay=30.0, path=ACTION)
+    assert timed_failure(client, ACTION, ImdsUnavailableError, "0.5 s deadline") < 0.5 + SLACK
+
+
+@pytest.mark.parametrize("fault", ["huge", "huge_unsized"])
+def test_huge_bodies_are_refused_unread(
+    simulator: MetadataSimulator, imds_client: ImdsClient, fault: str
+) -> None:
+    simulator.set_notice("stop")
+    simulator.set_fault(fault, 1, path=ACTION)
+    took = timed_failure(imds_client, ACTION, ImdsMalformedError, "byte cap")
+    assert took < imds_client.deadline + SLACK
+    assert notice(imds_client)["action"] == "stop"
+
+
+def test_huge_token_answer_is_discarded(simulator: MetadataSimulator) -> None:
+    simulator.set_fault("huge", 2, path=TOKEN_PATH)
+    client = client_for(simulator)
+    with pytest.raises(ImdsMalformedError, match="byte cap"):
+        client.get_text(INSTANCE_ID)
+    assert client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"
+
+
+def test_deeply_nested_json_is_malformed_not_a_recursion_error(
+    simulator: MetadataSimulator, imds_client: ImdsClient
+) -> None:
+    simulator.set_fault("nested", 1)
+    with pytest.raises(ImdsMalformedError, match="nested deeper"):
+        imds_client.get_json(ACTION)
+    assert json_depth_ok(b'{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')  # in a string
+    assert json_depth_ok(b'{"a": "\\"[[["}', limit=1)
+    assert not json_depth_ok(b"[" * 17)
+
+
+def test_json_of_the_wrong_type_is_malformed(
+    simulator: MetadataSimulator, imds_client: ImdsClient
+) -> None:
+    with pytest.raises(ImdsMalformedError, match="expected a JSON object, got list"):
+        imds_client.get_json("/latest/meta-data/events/maintenance/scheduled", dict)
+    assert imds_client.get_json("/latest/meta-data/events/maintenance/scheduled", list) == []
+
+
+def test_server_error_retries_stay_within_a_deadline(simulator: MetadataSimulator) -> None:
+    client = ImdsClient(
+        fast_config(simulator.url, attempts=10), backoff_max=0.4, deadline=0.5
+    )  # the real clock: backoff sleeps are real
+    client.get_text(INSTANCE_ID)
+    simulator.set_fault("throttled")
+    took = timed_failure(client, INSTANCE_ID, ImdsServerError, "HTTP 429")
+    assert took < 2 * 0.5 + SLACK
+    assert 1 <= simulator.count("GET", INSTANCE_ID, 429) < 10
+
+
+# -- validated shapes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
+def test_bad_token_is_discarded_and_fetched_again(
+    simulator: MetadataSimulator, imds_client: ImdsClient, kind: str
+) -> None:
+    simulator.set_fault("bad_token", 1, value=BAD_TOKENS[kind])
+    with capture_logs() as logs:
+        assert imds_client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"
+    assert simulator.count("PUT", TOKEN_PATH, 200) == 2
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["imds.token.malformed"]
+
+
+def test_persistently_bad_token_is_a_clear_error_then_recovers(
+    simulator: MetadataSimulator, imds_client: ImdsClient
+) -> None:
+    simulator.set_fault("bad_token", 2)  # CR/LF inside
+    with pytest.raises(ImdsMalformedError, match="token discarded"):
+        imds_client.get_text(INSTANCE_ID)
+    simulator.set_notice("stop")
+    assert notice(imds_client)["action"] == "stop"  # a notice is not missed
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        BAD_TIME,
+        "0001-01-01T00:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "2100-01-01T00:00:00Z",
+        "2026-12-01T08:22:00+23:59",
+        "2026-12-01T08:22:00+05:30:15",
+        "2026-12-01T08:22:00-14:01",
+    ],
+)
+def test_out_of_range_and_odd_offset_times_are_malformed(text: str) -> None:
+    with pytest.raises(ImdsMalformedError, match="p: "):
+        parse_rfc3339(text, "p")
+
+
+def test_sane_offsets_and_event_time_range() -> None:
+    assert parse_rfc3339("2027-01-15T09:00:00+01:00", "p") == 1_800_000_000.0
+    assert parse_rfc3339("2027-01-14T20:00:00-12:00", "p") == 1_800_000_000.0
+    with pytest.raises(ImdsMalformedError, match="out of range"):
+        parse_event_time(BAD_EVENT_TIME, "p")
+    with pytest.raises(ImdsMalformedError, match="out of range"):
+        parse_event_time("1 Jan 1999 00:00:00 GMT", "p")
+
+
+def test_bad_time_fault_reaches_the_parser(
+    simulator: MetadataSimulator, imds_client: ImdsClient
+) -> None:
+    simulator.set_fault("bad_time", 1)
+    body = notice(imds_client)
+    with pytest.raises(ImdsMalformedError, match="out of range"):
+        parse_rfc3339(body["time"], ACTION)
+
+
+# -- peers -----------------------------------------------------------------------------------
+
+
+def test_aws_mock_defaults_read_cleanly(sim_clock: FakeClock) -> None:
+    with MetadataSimulator(clock=sim_clock, quirks=AWS_MOCK) as sim:
+        sim.set_notice("stop")
+        client = client_for(sim)
+        first = notice(client)
+        sim_clock.advance(1)
+        assert notice(client)["time"] != first["time"]  # the mock moves it
+        assert client.get_text("/latest/meta-data/hibernation/configured") is None
+        events = client.get_json("/latest/meta-data/events/maintenance/scheduled", list)
+        assert events is not None
+        assert parse_event_time(events[0]["NotBefore"], "p") < sim_clock.wall()
+
+
+def test_default_deadline_is_the_larger_timeout(simulator: MetadataSimulator) -> None:
+    assert client_for(simulator).deadline == READ_TIMEOUT
