@@ -10,6 +10,7 @@ is acted on before the reports that accompany it.
 from __future__ import annotations
 
 import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -102,10 +103,13 @@ class Parts:
 
 class Background:
     """Side work (hooks after the fact, the webhook, building the EC2 client) in daemon threads:
-    nothing here may hold up a decision or a shutdown."""
+    nothing here may hold up a decision or a shutdown. The webhook's messages go down one
+    lane, in the order they were decided."""
 
     def __init__(self) -> None:
         self._threads: list[threading.Thread] = []
+        self._lane: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._lane_thread: threading.Thread | None = None
 
     def submit(self, name: str, work: Callable[[], object]) -> Future[Any]:
         future: Future[Any] = Future()
@@ -123,10 +127,28 @@ class Background:
         thread.start()
         return future
 
+    def in_order(self, work: Callable[[], object]) -> None:
+        self._lane.put(work)
+        if self._lane_thread is None:
+            self._lane_thread = threading.Thread(target=self._drain, name="lane", daemon=True)
+            self._lane_thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            work = self._lane.get()
+            try:
+                work()
+            except Exception:
+                log.exception("background.failed", work="lane")
+            finally:
+                self._lane.task_done()
+
     def join(self, until: float) -> None:
         """Wait for the work in flight until `until` (time.monotonic); what is left is dropped."""
         for thread in self._threads:
             thread.join(max(until - time.monotonic(), 0.0))
+        while self._lane.unfinished_tasks and time.monotonic() < until:
+            time.sleep(0.01)
 
 
 class ReclaimWorker:
@@ -490,7 +512,7 @@ class Agent:
             "phase": self.state.phase.value,
         }
         deadline = event.deadline if event is not None else None
-        self._background.submit(f"webhook-{what}", lambda: webhook.send(payload, deadline))
+        self._background.in_order(lambda: webhook.send(payload, deadline))
 
     def _hibernator_ready(self) -> Future[Hibernator]:
         """Built in the background as soon as a notice comes: boto3 takes a second and 20+ MiB
