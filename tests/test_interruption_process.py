@@ -17,6 +17,7 @@ from spotguard.simhost import GIB, SimCgroup, SimHost
 from spotguard.simulator import AWS_MOCK, MetadataSimulator, Quirks, SimulatedInstance
 from tests.fixtures_agent import AgentProcess, Receiver, agent_env, hook, stop_calls
 from tests.fixtures_aws import MotoServer
+from tests.test_reclaim_support import sandbox_or_skip
 
 EVENTS = "/latest/meta-data/events/"
 # Generous bounds for a shared, noisy machine; what they guard against took minutes or forever.
@@ -303,3 +304,42 @@ def test_crash_and_restart_mid_emergency_issues_no_second_stop(
     spot_hooks = [line for line in on_notice.read_text().splitlines() if "spot" in line]
     assert len(spot_hooks) == 1
     second.assert_clean()
+
+
+@pytest.mark.cgroup
+def test_sigterm_mid_v1_reclaim_ends_fast_and_restores_the_limit(
+    tmp_path: Path, moto_server: MotoServer, instance_id: str
+) -> None:
+    """A deep reclaim lowering a real v1 limit step by step, then SIGTERM: the agent is gone
+    within the bound, and the limit is back where it was."""
+    with sandbox_or_skip(tmp_path) as box:
+        box.workload("bg", file_mib=1024)  # about a second of 16 MiB steps
+        limit_file = box.root / "bg" / "memory.limit_in_bytes"
+        before = limit_file.read_text()
+        env = agent_env(
+            tmp_path,
+            "",
+            Path("/"),
+            RECLAIM_BACKEND="v1",
+            RECLAIM_CGROUP_ROOT=str(box.root),
+            RECLAIM_BACKGROUND="bg",
+            RECLAIM_STEP="16M",
+            RECLAIM_IDLE_PSI="100",
+            RECLAIM_EMERGENCY_PSI="100",
+            HIBERNATE_MODE="none",
+        )
+        with served(instance_id) as imds:
+            env["SPOTGUARD_IMDS_URL"] = imds.url
+            agent = AgentProcess(env)
+            try:
+                agent.wait_for("facts.known")
+                imds.set_rebalance()
+                agent.wait_for("reclaim.started", where=lambda r: r["intensity"] == "deep")
+            finally:
+                took = agent.stop()
+        after = limit_file.read_text()
+    assert took < STOPPED_WITHIN_S
+    assert [s["stop_reason"] for s in agent.events("reclaim.stage")] == ["cancelled"]
+    assert after == before
+    assert stop_calls(moto_server) == []
+    agent.assert_clean()
