@@ -466,12 +466,6 @@ class Agent:
                     predicted_s=round(predicted_s, 1),
                     seconds_left=round(seconds_left, 1),
                 )
-                self._notify(
-                    "at-risk",
-                    event,
-                    f"predicted hibernation {predicted_s:.1f} s, {seconds_left:.1f} s left:"
-                    " trying anyway",
-                )
             case Ec2Hibernating(event, cancelled, budget):
                 log.info(
                     "notice.ec2_hibernating",
@@ -650,7 +644,11 @@ class Agent:
             "handled_notices": list(self.state.handled),
             "issued_for": self.state.issued_for or None,
             "issue": self._issue or None,
-            "life": {"booted_at": _booted_at(clock, slept), "slept_s": slept},
+            # Rounded: read twice they differ by microseconds, which would rewrite the file.
+            "life": {
+                "booted_at": round(_booted_at(clock, slept), 1),
+                "slept_s": None if slept is None else round(slept, 1),
+            },
         }
 
     def _quietly(self, report: Callable[[Any], None], item: Any) -> None:

@@ -27,6 +27,7 @@ from spotguard.monitors import InstanceFacts, Monitor
 log = structlog.get_logger()
 
 FACTS = "facts"
+_URGENT = frozenset({EventKind.SPOT_INTERRUPTION.value, FACTS})  # their readings wake the loop
 SUMMARY_EVERY_S = 60.0  # a failure that goes on is summarised this often, not logged per poll
 
 
@@ -58,10 +59,12 @@ class Inbox:
         self._items: list[Reading] = []
         self._woken = False
 
-    def post(self, reading: Reading) -> None:
+    def post(self, reading: Reading, *, wake: bool = True) -> None:
+        """`wake=False`: nothing urgent, the next tick (at most a poll away) takes it."""
         with self._cond:
             self._items.append(reading)
-            self._cond.notify_all()
+            if wake:
+                self._cond.notify_all()
 
     def take(self) -> list[Reading]:
         with self._cond:
@@ -122,7 +125,8 @@ class _Source:
             reading = self._read()
             if self._stop.is_set():
                 return
-            self._inbox.post(reading)
+            # An early warning with nothing to say need not cost a tick of its own.
+            self._inbox.post(reading, wake=self.name in _URGENT or bool(reading.events))
             self._failing.note(reading)
             self._wake.wait(max(interval - (time.monotonic() - began), 0.0))
             self._wake.clear()

@@ -5,7 +5,8 @@ gathers the observation, calls `plan`, and carries out the decisions in order.
 
 The rules, in priority order:
 1. the kernel counted time asleep since the last tick (CLOCK_BOOTTIME - CLOCK_MONOTONIC; the
-   sleep hook's SIGUSR1 is a second witness, never enough on its own): we resumed;
+   sleep hook's SIGUSR1 is a second witness, enough on its own only where the kernel cannot
+   count): we resumed;
 2. a spot notice with action `hibernate`: EC2 is hibernating us now, only the short
    pre-hibernate hooks may run;
 3. a spot notice with action `stop`/`terminate`: reclaim hard, but only as long as the predicted
@@ -103,7 +104,7 @@ class RunHooks:
 
 @dataclass(frozen=True, slots=True)
 class Notify:
-    what: str  # notice | hibernating | graceful | resumed
+    what: str  # notice | hibernating | at-risk | graceful
     event: Event | None
     reason: str = ""
 
@@ -321,8 +322,8 @@ def _ec2_hibernating(
     decisions: list[Decision],
 ) -> tuple[PlannerState, list[Decision]]:
     """EC2 gives no warning for `hibernate`: stop our own work and let it proceed."""
-    if state.phase is Phase.EC2_HIBERNATING:
-        return state, decisions
+    if state.phase in (Phase.EC2_HIBERNATING, Phase.HIBERNATING):
+        return state, decisions  # said and done already, by EC2 or by us
     if obs.reclaim_running is not None:
         decisions.append(CancelReclaim("EC2 is hibernating the instance"))
     budget = config.hibernate.pre_hibernate_budget
@@ -398,9 +399,17 @@ def _emergency(
             Hibernate(notice, go, target),
         ]
         seconds_left = deadline - obs.wall
-        if hibernate_takes > seconds_left:
-            decisions.append(AtRisk(notice, hibernate_takes, seconds_left))
         decisions.append(Notify("hibernating", notice, go))
+        if hibernate_takes > seconds_left:
+            decisions += [
+                AtRisk(notice, hibernate_takes, seconds_left),
+                Notify(
+                    "at-risk",
+                    notice,
+                    f"predicted hibernation {hibernate_takes:.1f} s, {seconds_left:.1f} s left:"
+                    " trying anyway",
+                ),
+            ]
         state = dataclasses.replace(state, phase=Phase.HIBERNATING, issued_for=notice.id, reason=go)
         return state, decisions
 

@@ -18,6 +18,7 @@ from spotguard.planner import (
     Ec2Hibernating,
     Graceful,
     Hibernate,
+    Notify,
     Observation,
     Phase,
     PlannerState,
@@ -362,7 +363,14 @@ class TestStopNotice:
         big = estimate(expected=int(3.28 * GIB))  # 33.6 s to write + 10 s: 43.6 s predicted
         state, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=big), cfg)
         assert state.phase is Phase.HIBERNATING
-        assert kinds(decisions) == ["RunHooks:pre-hibernate", "Hibernate", "AtRisk", "Notify"]
+        assert kinds(decisions) == [
+            "RunHooks:pre-hibernate",
+            "Hibernate",
+            "Notify",
+            "AtRisk",
+            "Notify",
+        ]
+        assert [d.what for d in decisions if isinstance(d, Notify)] == ["hibernating", "at-risk"]
         (risk,) = [d for d in decisions if isinstance(d, AtRisk)]
         assert risk.predicted_s == pytest.approx(43.6, abs=0.1)
         assert risk.seconds_left == pytest.approx(29.3)
