@@ -55,7 +55,9 @@ TOKEN_SHAPE = re.compile(r"[\x21-\x7e]{1,1024}")  # real tokens: ~56 base64 char
 # Times outside this range are garbage (or break datetime on the way back out).
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 are the zones that exist
+MIN_WAIT = 0.01  # less time than this left for a request: do not send it
 
 log = structlog.get_logger()
 
@@ -165,10 +167,11 @@ class ImdsClient:
     still come back 401 after a resume: then one new token is fetched and the GET repeated.
 
     Every request (the token PUT, each GET) ends within `deadline` seconds of real time,
-    connect and all reads together. A timeout or a refused connection ends the call, so a dead
-    or hanging service costs one deadline per call, not attempts x timeouts: the next poll is
-    the retry. Only answers that say "try again" (5xx, 429) are retried within a call, with
-    backoff, for at most one more deadline.
+    connect and all reads together, and a whole call within two (`budget`: room for a token
+    PUT and its GET, or a 401 and the second try). A timeout or a refused connection ends the
+    call, so a dead or hanging service costs one deadline per call, not attempts x timeouts:
+    the next poll is the retry. Only answers that say "try again" (5xx, 429) are retried
+    within a call, with backoff, while the budget lasts.
     """
 
     def __init__(
@@ -197,11 +200,12 @@ class ImdsClient:
         self._deadline = deadline or max(config.connect_timeout, config.read_timeout)
         self._max_body = max_body
         self._timer = timer
+        self._call_ends = float("inf")  # set by each call
         self._token: str | None = None
         self._refresh_at = 0.0
         self._v1 = False  # set once a service without tokens was found and v1 is allowed
         self._retrying = Retrying(
-            stop=stop_after_attempt(config.attempts) | stop_before_delay(self._deadline),
+            stop=stop_after_attempt(config.attempts) | stop_before_delay(self.budget),
             wait=wait_random_exponential(multiplier=backoff_max / 8, max=backoff_max),
             retry=retry_if_exception_type(ImdsServerError),
             sleep=self._clock.sleep,
@@ -213,6 +217,11 @@ class ImdsClient:
     def deadline(self) -> float:
         """The most one call may take, in seconds."""
         return self._deadline
+
+    @property
+    def budget(self) -> float:
+        """The most one call (token PUT, retries and all) may take, in seconds."""
+        return 2 * self._deadline
 
     def get_text(self, path: str) -> str | None:
         body = self.get_bytes(path)
@@ -238,6 +247,7 @@ class ImdsClient:
         return data
 
     def get_bytes(self, path: str) -> bytes | None:
+        self._call_ends = self._timer() + self.budget
         return self._retrying(self._get_once, path)
 
     def _get_once(self, path: str) -> bytes | None:
@@ -295,11 +305,16 @@ class ImdsClient:
     def _send(self, method: str, path: str, headers: dict[str, str]) -> _Reply:
         """One request, all done within the deadline: connect, headers, the streamed body."""
         what = f"{method} {path}"
-        ends = self._timer() + self._deadline
+        now = self._timer()
+        ends = min(now + self._deadline, self._call_ends)
+        if ends - now < MIN_WAIT:
+            raise ImdsUnavailableError(
+                f"{what}: not sent, the call's {self.budget:.3g} s are spent"
+            )
         url = f"{self._base}/{path.lstrip('/')}"
         timeout = (
-            min(self._config.connect_timeout, self._deadline),
-            min(self._config.read_timeout, self._deadline),
+            min(self._config.connect_timeout, ends - now),
+            min(self._config.read_timeout, ends - now),
         )
         try:
             response = self._session.request(
@@ -310,16 +325,20 @@ class ImdsClient:
                 stream=True,
             )
         except requests.ConnectTimeout as exc:  # nothing accepting: not the hop limit
-            raise ImdsUnavailableError(f"{what}: connect timed out ({exc})") from exc
+            raise ImdsUnavailableError(
+                f"{what}: connect timed out after {timeout[0]:.3g} s (nothing accepting?)"
+            ) from exc
         except requests.Timeout as exc:
             if method == "PUT":
                 raise ImdsTokenTimeoutError(
                     f"{what}: no answer in {timeout[1]:.3g} s "
                     "(hop limit? HttpPutResponseHopLimit too low for this network path)"
                 ) from exc
-            raise ImdsUnavailableError(f"{what}: timed out ({exc})") from exc
+            raise ImdsUnavailableError(
+                f"{what}: timed out, no answer in {timeout[1]:.3g} s"
+            ) from exc
         except requests.RequestException as exc:
-            raise ImdsUnavailableError(f"{what}: {exc}") from exc
+            raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
         try:
             body = self._read_body(response, what, ends)
         except BaseException:
@@ -354,7 +373,7 @@ class ImdsClient:
                     f"({size} bytes so far)"
                 ) from exc
             except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-                raise ImdsUnavailableError(f"{what}: reading the answer: {exc}") from exc
+                raise ImdsUnavailableError(f"{what}: reading the answer: {_reason(exc)}") from exc
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
@@ -367,7 +386,18 @@ def _wait_at_most(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
     """Shorten the socket's per-read timeout so the next read cannot outlast the deadline."""
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     if isinstance(sock, socket.socket):
-        sock.settimeout(max(seconds, 0.001))
+        sock.settimeout(max(seconds, MIN_WAIT))
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause in words that are the same every time (so repeats can be counted as
+    one): urllib3's messages carry object addresses and the pool's URL."""
+    root = exc
+    while (nested := root.__cause__ or root.__context__) is not None and nested is not root:
+        root = nested
+    if isinstance(root, OSError) and root.strerror:
+        return root.strerror
+    return ADDRESS.sub("", str(root)) or type(root).__name__
 
 
 def _valid_token(body: bytes) -> str:

@@ -3,14 +3,16 @@
 It behaves like the real service where spotguard (and cloud-init's Ec2 datasource) can tell
 the difference: IMDSv2 tokens that expire by the injected clock, 404 pages in HTML, directory
 listings, version prefixes, the notices spot instances get, and fake (clearly fake) instance
-profile credentials. Everything is driven from Python or, for another process, over HTTP under
-``/simulator/`` (see `MetadataSimulator._control`) or by this module's command-line flags.
+profile credentials. Everything is driven from Python, by this module's command-line flags or,
+for another process, over HTTP under ``/simulator/``: POST/DELETE ``notice``, ``rebalance``,
+``fault``, ``user-data``; POST ``scheduled``, ``lifecycle``, ``hibernation``, ``quirks``
+(``{"names": ["aws-mock"]}``), ``expire-tokens``, ``clear``; GET ``requests``, ``quirks``.
 
 Peers: `Quirks` switches on, one by one, how other metadata services differ from EC2's;
-`AWS_MOCK` is all of amazon-ec2-metadata-mock's (moving notice and rebalance times, tab-indented
-``application/json``, its 404 page, a scheduled event that already began, no
-``hibernation/configured``, tokens not enforced). A handler that works only against our EC2
-imitation is not done (see reference/imds.md).
+`AWS_MOCK` is amazon-ec2-metadata-mock's with its defaults (moving notice and rebalance times,
+tab-indented ``application/json``, its 404 page, a scheduled event that already began, no
+``hibernation/configured``, tokens not enforced), `AWS_MOCK_SPOT` its ``spot`` command. A
+handler that works only against our EC2 imitation is not done (see reference/imds.md).
 
 Faults (`set_fault`, for the next N matching requests or until cleared, optionally only under
 one path): server errors, throttling, a disabled service, garbage, a request held and dropped
@@ -120,7 +122,8 @@ class Quirks:
     enforced (GETs with or without any token are answered). `lax_methods`: a token PUT with
     X-Forwarded-For is accepted, GET on the token path answers 200 empty, POST on a metadata
     path answers like GET. `wall_clock_tokens`: tokens expire by the wall clock in whole
-    seconds. `latest_only`: dated version prefixes are 404.
+    seconds. `latest_only`: dated version prefixes are 404. `spot_only`: the mock's ``spot``
+    command: scheduled events and the Auto Scaling state are 404.
     """
 
     moving_times: bool = False
@@ -132,23 +135,38 @@ class Quirks:
     lax_methods: bool = False
     wall_clock_tokens: bool = False
     latest_only: bool = False
+    spot_only: bool = False
 
     @classmethod
     def from_names(cls, names: Sequence[str]) -> Quirks:
-        """Quirks by field name; "aws-mock" stands for all of AWS_MOCK."""
+        """Quirks by field name; "aws-mock" and "aws-mock-spot" stand for PEERS' presets."""
         known = {f.name for f in dataclasses.fields(cls)}
         chosen: dict[str, bool] = {}
         for name in names:
-            if name == "aws-mock":
-                chosen.update(dataclasses.asdict(AWS_MOCK))
+            if name in PEERS:
+                chosen.update(dataclasses.asdict(PEERS[name]))
             elif name.replace("-", "_") in known:
                 chosen[name.replace("-", "_")] = True
             else:
-                raise ValueError(f"unknown quirk {name!r} (known: aws-mock, {', '.join(known)})")
+                choices = ", ".join([*PEERS, *sorted(known)])
+                raise ValueError(f"unknown quirk {name!r} (known: {choices})")
         return cls(**chosen)
 
 
-AWS_MOCK = Quirks(**{f.name: True for f in dataclasses.fields(Quirks)})
+# amazon-ec2-metadata-mock run with its defaults (no subcommand: every path), and its `spot`.
+AWS_MOCK = Quirks(
+    moving_times=True,
+    json_answers=True,
+    plain_404=True,
+    past_scheduled=True,
+    no_hibernation_path=True,
+    tokens_optional=True,
+    lax_methods=True,
+    wall_clock_tokens=True,
+    latest_only=True,
+)
+AWS_MOCK_SPOT = dataclasses.replace(AWS_MOCK, past_scheduled=False, spot_only=True)
+PEERS: Mapping[str, Quirks] = {"aws-mock": AWS_MOCK, "aws-mock-spot": AWS_MOCK_SPOT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,7 +633,9 @@ class MetadataSimulator:
             scheduled = [{**e, "NotBefore": when} for e in scheduled] or [
                 {**scheduled_event("instance-stop", now), "NotBefore": when}
             ]
-        events: dict[str, Node] = {"maintenance": {"scheduled": _Doc(scheduled, 2)}}
+        events: dict[str, Node] = {}
+        if not self.quirks.spot_only:
+            events["maintenance"] = {"scheduled": _Doc(scheduled, 2)}
         if self._rebalance is not None or bad_time is not None:
             noticed = self._rebalance[0] if self._rebalance is not None else None
             text = format_rfc3339(noticed or now) if bad_time is None else bad_time or BAD_TIME
@@ -645,7 +665,7 @@ class MetadataSimulator:
                 when = bad_time or BAD_TIME
             action = _Doc({"action": n.action, "time": when})
             tree["spot"] = {"instance-action": action, "termination-time": when}
-        if self._lifecycle is not None:
+        if self._lifecycle is not None and not self.quirks.spot_only:
             tree["autoscaling"] = {"target-lifecycle-state": self._lifecycle}
         if i.iam_role:
             tree["iam"] = self._iam(now)
@@ -786,6 +806,11 @@ class _Server(ThreadingHTTPServer):
         self._refuse_until = 0.0  # time.monotonic(): the listener's time is real time
         self._fillers: list[socket.socket] = []
         super().__init__((address, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that reset the connection (it gave up on a fault) is no error of ours."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can hang without DNS.
@@ -991,12 +1016,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--aws-mock", action="store_true", help="behave like amazon-ec2-metadata-mock"
     )
+    quirk_names = ", ".join([*PEERS, *dataclasses.asdict(Quirks())])
     parser.add_argument(
         "--quirk",
         action="append",
         default=[],
         metavar="NAME",
-        help=f"one peer behaviour (repeatable): {', '.join(dataclasses.asdict(Quirks()))}",
+        help=f"a peer or one of its behaviours (repeatable): {quirk_names}",
     )
     parser.add_argument(
         "--notice",

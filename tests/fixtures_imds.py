@@ -15,7 +15,7 @@ import pytest
 from spotguard.clock import FakeClock
 from spotguard.config import ImdsConfig, Seconds
 from spotguard.imds import ImdsClient
-from spotguard.simulator import MetadataSimulator
+from spotguard.simulator import AWS_MOCK, MetadataSimulator
 
 # Short enough to keep the suite fast, long enough for a loaded CI machine's loopback.
 CONNECT_TIMEOUT = Seconds(0.3)
@@ -37,6 +37,13 @@ def sim_clock() -> FakeClock:
 def simulator(sim_clock: FakeClock) -> Iterator[MetadataSimulator]:
     """A fresh simulator per test; held (timeout) requests are released when it stops."""
     with MetadataSimulator(clock=sim_clock, hold=3.0) as sim:
+        yield sim
+
+
+@pytest.fixture
+def aws_mock(sim_clock: FakeClock) -> Iterator[MetadataSimulator]:
+    """AWS's amazon-ec2-metadata-mock as users run it: moving times, its pages, no tokens."""
+    with MetadataSimulator(clock=sim_clock, hold=3.0, quirks=AWS_MOCK) as sim:
         yield sim
 
 

@@ -28,7 +28,6 @@ from spotguard.imds import (
     parse_rfc3339,
 )
 from spotguard.simulator import (
-    AWS_MOCK,
     BAD_EVENT_TIME,
     BAD_TIME,
     BAD_TOKENS,
@@ -464,17 +463,16 @@ def test_bad_time_fault_reaches_the_parser(
 # -- peers -----------------------------------------------------------------------------------
 
 
-def test_aws_mock_defaults_read_cleanly(sim_clock: FakeClock) -> None:
-    with MetadataSimulator(clock=sim_clock, quirks=AWS_MOCK) as sim:
-        sim.set_notice("stop")
-        client = client_for(sim)
-        first = notice(client)
-        sim_clock.advance(1)
-        assert notice(client)["time"] != first["time"]  # the mock moves it
-        assert client.get_text("/latest/meta-data/hibernation/configured") is None
-        events = client.get_json("/latest/meta-data/events/maintenance/scheduled", list)
-        assert events is not None
-        assert parse_event_time(events[0]["NotBefore"], "p") < sim_clock.wall()
+def test_aws_mock_defaults_read_cleanly(aws_mock: MetadataSimulator, sim_clock: FakeClock) -> None:
+    aws_mock.set_notice("stop")
+    client = client_for(aws_mock)
+    first = notice(client)
+    sim_clock.advance(1)
+    assert notice(client)["time"] != first["time"]  # the mock moves it
+    assert client.get_text("/latest/meta-data/hibernation/configured") is None
+    events = client.get_json("/latest/meta-data/events/maintenance/scheduled", list)
+    assert events is not None
+    assert parse_event_time(events[0]["NotBefore"], "p") < sim_clock.wall()
 
 
 def test_default_deadline_is_the_larger_timeout(simulator: MetadataSimulator) -> None:

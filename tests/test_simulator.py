@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -321,22 +320,16 @@ def test_module_entry_point_serves_until_sigterm(tmp_path: Path) -> None:
 # -- peers: AWS's metadata mock ------------------------------------------------------------
 
 
-@pytest.fixture
-def mock_sim(sim_clock: FakeClock) -> Iterator[MetadataSimulator]:
-    with MetadataSimulator(clock=sim_clock, quirks=AWS_MOCK) as sim:
-        yield sim
-
-
 def test_aws_mock_moves_notice_and_rebalance_times(
-    mock_sim: MetadataSimulator, sim_clock: FakeClock
+    aws_mock: MetadataSimulator, sim_clock: FakeClock
 ) -> None:
-    mock_sim.set_notice("stop")
-    mock_sim.set_rebalance()
+    aws_mock.set_notice("stop")
+    aws_mock.set_rebalance()
     seen = []
     for _ in range(2):
-        action = requests.get(mock_sim.url + f"{META}/spot/instance-action", timeout=TIMEOUT)
+        action = requests.get(aws_mock.url + f"{META}/spot/instance-action", timeout=TIMEOUT)
         rebalance = requests.get(
-            mock_sim.url + f"{META}/events/recommendations/rebalance", timeout=TIMEOUT
+            aws_mock.url + f"{META}/events/recommendations/rebalance", timeout=TIMEOUT
         )
         assert action.headers["Content-Type"] == "application/json"
         assert "\n\t" in action.text  # tab-indented, as the mock's encoder writes it
@@ -347,35 +340,52 @@ def test_aws_mock_moves_notice_and_rebalance_times(
         (format_rfc3339(start + 120), format_rfc3339(start)),
         (format_rfc3339(start + 127), format_rfc3339(start + 7)),
     ]
-    mock_sim.set_notice("stop", start + 500)  # pinned, as with the mock's -t
+    aws_mock.set_notice("stop", start + 500)  # pinned, as with the mock's -t
     for _ in range(2):
         sim_clock.advance(3)
-        answer = requests.get(mock_sim.url + f"{META}/spot/instance-action", timeout=TIMEOUT)
+        answer = requests.get(aws_mock.url + f"{META}/spot/instance-action", timeout=TIMEOUT)
         assert answer.json()["time"] == format_rfc3339(start + 500)
 
 
-def test_aws_mock_pages_paths_and_tokens(mock_sim: MetadataSimulator, sim_clock: FakeClock) -> None:
+def test_aws_mock_pages_paths_and_tokens(aws_mock: MetadataSimulator, sim_clock: FakeClock) -> None:
     started = sim_clock.wall()
     sim_clock.advance(600)
-    missing = requests.get(mock_sim.url + f"{META}/hibernation/configured", timeout=TIMEOUT)
+    missing = requests.get(aws_mock.url + f"{META}/hibernation/configured", timeout=TIMEOUT)
     assert missing.status_code == 404
     assert missing.headers["Content-Type"] == "text/plain; charset=utf-8"
     assert missing.headers["X-Content-Type-Options"] == "nosniff"
     assert missing.text.startswith("<?xml")
     assert "404 - Not Found" in missing.text
     # Tokens are not enforced: no token, a bogus one and a forwarded PUT all pass.
-    assert requests.get(mock_sim.url + f"{META}/instance-id", timeout=TIMEOUT).ok
-    assert get(mock_sim, f"{META}/instance-id", "bogus").ok
+    assert requests.get(aws_mock.url + f"{META}/instance-id", timeout=TIMEOUT).ok
+    assert get(aws_mock, f"{META}/instance-id", "bogus").ok
     forwarded = {TTL_HEADER: "60", "X-Forwarded-For": "10.0.0.1"}
-    assert requests.put(mock_sim.url + TOKEN_PATH, headers=forwarded, timeout=TIMEOUT).ok
-    empty = requests.get(mock_sim.url + TOKEN_PATH, timeout=TIMEOUT)
+    assert requests.put(aws_mock.url + TOKEN_PATH, headers=forwarded, timeout=TIMEOUT).ok
+    empty = requests.get(aws_mock.url + TOKEN_PATH, timeout=TIMEOUT)
     assert (empty.status_code, empty.content) == (200, b"")
-    assert requests.post(mock_sim.url + f"{META}/instance-id", timeout=TIMEOUT).ok
-    assert get(mock_sim, f"/2021-03-23{META[7:]}/instance-id").status_code == 404
-    events = get(mock_sim, f"{META}/events/maintenance/scheduled").json()
+    assert requests.post(aws_mock.url + f"{META}/instance-id", timeout=TIMEOUT).ok
+    assert get(aws_mock, f"/2021-03-23{META[7:]}/instance-id").status_code == 404
+    events = get(aws_mock, f"{META}/events/maintenance/scheduled").json()
     assert [e["EventId"] for e in events] == [MOCK_EVENT_ID]
     assert parse_event_time(events[0]["NotBefore"], "t") == started  # already past
     assert "NotBeforeDeadline" in events[0]
+
+
+def test_aws_mock_spot_command_serves_spot_and_rebalance_only() -> None:
+    with MetadataSimulator(quirks=Quirks.from_names(["aws-mock-spot"])) as sim:
+        sim.set_lifecycle("Terminated")
+        sim.set_notice("stop")
+        sim.set_rebalance()
+        url = sim.url + META
+        assert (
+            requests.get(f"{url}/events/maintenance/scheduled", timeout=TIMEOUT).status_code == 404
+        )
+        assert (
+            requests.get(f"{url}/autoscaling/target-lifecycle-state", timeout=TIMEOUT).status_code
+            == 404
+        )
+        assert requests.get(f"{url}/spot/instance-action", timeout=TIMEOUT).ok
+        assert requests.get(f"{url}/events/recommendations/rebalance", timeout=TIMEOUT).ok
 
 
 def test_wall_clock_tokens_expire_across_a_hibernation(sim_clock: FakeClock) -> None:
