@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from spotguard import agent as agent_module
 from spotguard.agent import Agent
 from spotguard.assemble import build_agent
 from spotguard.clock import Clock, FakeClock, SystemClock
@@ -201,6 +202,49 @@ class TestResume:
             assert agent.state.phase is Phase.HIBERNATING
             agent.shutdown()
         assert len(stop_calls(moto_server)) == 1
+
+
+class _Failing:
+    """A hook runner, webhook and state file that fail every time they are used."""
+
+    path = Path("/nonexistent/state.json")
+
+    def run(self, kind: str, event_env: object, budget_s: float | None = None) -> list[object]:
+        raise RuntimeError(f"hook runner broke on {kind}")
+
+    def send(self, payload: object, deadline: float | None) -> bool:
+        raise RuntimeError("webhook broke")
+
+    def write(self, state: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def read(self) -> None:
+        return None
+
+
+class TestDecisionsSurviveTheirActions:
+    def test_broken_hooks_webhook_and_state_file_lose_no_hibernation(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        with served(instance_id) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host)
+            broken = _Failing()
+            agent.parts.hooks = broken
+            agent.parts.webhook = broken
+            agent.parts.state_file = broken  # type: ignore[assignment]
+            until(lambda: agent.facts is not None, agent)
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            for _ in range(5):
+                agent.tick()
+            agent.shutdown()
+        assert len(stop_calls(moto_server)) == 1
+
+    def test_times_past_what_datetime_holds_are_still_reported(self) -> None:
+        year_10000 = 253402304399.0  # 9999-12-31T23:59:59-01:00
+        assert agent_module._iso(year_10000) == "@253402304399"
+        assert agent_module._iso(float("inf")) == "@inf"
+        assert agent_module._iso(1_800_000_000.0) == "2027-01-15T08:00:00Z"
 
 
 class TestFaults:
