@@ -3,12 +3,13 @@
 A failing dependency (the metadata service refusing connections, say) makes the same warning
 every poll. `RepeatFilter` lets the first through, drops the identical ones that follow, lets
 one through again every `every` seconds with `repeated=N` (how many it dropped in between),
-and, once the repeats stop for a whole period, logs ``log.repeated`` with the final count, so
-the journal shows that it happened and how often without being flooded.
+and, once the repeats stop for a whole period (or the process exits), logs ``log.repeated``
+with the final count, so the journal shows that it happened and how often without a flood.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 import time
@@ -23,7 +24,7 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 SUPPRESSED_LEVELS = frozenset({"warning", "error", "critical"})
 # Fields that differ between otherwise identical warnings: never part of a warning's identity.
-VOLATILE = frozenset({"timestamp", "level", "event"})
+VOLATILE = frozenset({"timestamp", "level", "event", "repeated"})
 MAX_TRACKED = 1024  # distinct warnings remembered at once; the oldest are forgotten
 
 
@@ -37,12 +38,17 @@ def configure(
 ) -> None:
     """JSON to `stream` (stderr: the journal); `sink` sees every event too (simulate's timeline).
     Identical warnings are shown once per `repeat_every` seconds of `clock` (0: all of them)."""
+    for previous in structlog.get_config().get("processors", []):
+        if isinstance(previous, RepeatFilter):  # configured again: only the last one reports
+            atexit.unregister(previous.flush)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
     ]
     if repeat_every > 0:
-        processors.append(RepeatFilter(clock, every=repeat_every, emit=_emit_info))
+        repeats = RepeatFilter(clock, every=repeat_every, emit=_emit_info)
+        atexit.register(repeats.flush)
+        processors.append(repeats)
     processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     if sink is not None:
         processors.append(_tee(sink))
@@ -100,13 +106,23 @@ class RepeatFilter:
             seen.dropped += 1
             seen.last_at = now
             raise structlog.DropEvent
-        if seen is not None and seen.dropped:
-            event["repeated"] = seen.dropped
         self._seen.pop(key, None)  # re-inserted last: the dict stays ordered by showing
         self._seen[key] = _Seen(now, now, 0, {f: event.get(f) for f in self._fields(event)})
+        if seen is not None and seen.dropped:
+            event["repeated"] = seen.dropped
         while len(self._seen) > MAX_TRACKED:
             self._seen.pop(next(iter(self._seen)))
         return event
+
+    def flush(self) -> None:
+        """Report every count not yet reported (at exit: the stream may be gone by then)."""
+        pending = [(key, seen) for key, seen in self._seen.items() if seen.dropped]
+        self._seen.clear()
+        for key, seen in pending:
+            try:
+                self._emit("log.repeated", {"of": key[0], "count": seen.dropped, **seen.fields})
+            except (OSError, ValueError):  # a closed stream: nothing left to tell
+                return
 
     def _fields(self, event: Mapping[str, Any]) -> Sequence[str]:
         fields = self._identity.get(str(event.get("event", "")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import io
 import json
 import os
@@ -20,7 +22,7 @@ import structlog
 from spotguard import logs
 from spotguard.clock import FakeClock
 from spotguard.config import ImdsConfig, Seconds
-from spotguard.imds import ImdsClient, ImdsError
+from spotguard.imds import TOKEN_PATH, ImdsClient, ImdsError
 from spotguard.logs import MAX_TRACKED, RepeatFilter
 from spotguard.simhost import SimCgroup, SimHost
 
@@ -45,6 +47,14 @@ def out(clock: Clock) -> Iterator[io.StringIO]:
     stream = io.StringIO()
     logs.configure(stream=stream, repeat_every=EVERY, clock=clock)
     yield stream
+    unconfigure()
+
+
+def unconfigure() -> None:
+    """Back to structlog's defaults, without this test's counts reported at exit."""
+    for processor in structlog.get_config()["processors"]:
+        if isinstance(processor, RepeatFilter):
+            atexit.unregister(processor.flush)
     structlog.reset_defaults()
 
 
@@ -118,6 +128,20 @@ def test_identity_can_name_the_fields_that_matter(clock: Clock) -> None:
     assert emitted == [("log.repeated", {"of": "slow", "count": 4, "path": "/a"})]
 
 
+def test_flush_reports_what_is_pending(clock: Clock) -> None:
+    emitted: list[tuple[str, dict[str, Any]]] = []
+    repeats = RepeatFilter(clock, every=EVERY, emit=lambda e, f: emitted.append((e, f)))
+    for _ in range(4):
+        with contextlib.suppress(structlog.DropEvent):
+            repeats(None, "warning", {"event": "w", "level": "warning", "a": 1})
+    with contextlib.suppress(structlog.DropEvent):
+        repeats(None, "warning", {"event": "once", "level": "warning"})
+    repeats.flush()
+    assert emitted == [("log.repeated", {"of": "w", "count": 3, "a": 1})]
+    repeats.flush()
+    assert len(emitted) == 1
+
+
 def test_memory_stays_bounded(clock: Clock) -> None:
     repeats = RepeatFilter(clock, every=EVERY, emit=lambda e, f: None)
     for n in range(3 * MAX_TRACKED):
@@ -132,7 +156,7 @@ def test_off_when_every_is_zero(clock: Clock) -> None:
         for _ in range(3):
             structlog.get_logger().warning("w", a=1)
     finally:
-        structlog.reset_defaults()
+        unconfigure()
     assert len(lines(stream)) == 3
 
 
@@ -190,4 +214,8 @@ def test_agent_against_a_refusing_service_warns_once_per_cause(tmp_path: Path) -
     assert polls, "the agent never reported the refused connections"
     assert len(polls) == len(causes)  # each cause once, however many polls failed
     assert all("Connection refused" in error for _, error in causes)
+    counted = {
+        (e.get("source"), e["error"]): e["count"] for e in events if e["event"] == "log.repeated"
+    }
+    assert counted.get(("spot-interruption", f"PUT {TOKEN_PATH}: Connection refused"), 0) >= 5
     assert "Traceback" not in errors
