@@ -28,7 +28,6 @@ log = structlog.get_logger()
 
 FACTS = "facts"
 _URGENT = frozenset({EventKind.SPOT_INTERRUPTION.value, FACTS})  # their readings wake the loop
-SUMMARY_EVERY_S = 60.0  # a failure that goes on is summarised this often, not logged per poll
 
 
 class Pace(StrEnum):
@@ -101,7 +100,7 @@ class _Source:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"poll-{name}", daemon=True)
-        self._failing = _FailureLog(name)
+        self._failing = False
 
     def start(self) -> None:
         self._thread.start()
@@ -127,7 +126,7 @@ class _Source:
                 return
             # An early warning with nothing to say need not cost a tick of its own.
             self._inbox.post(reading, wake=self.name in _URGENT or bool(reading.events))
-            self._failing.note(reading)
+            self._failing = _report(self.name, reading, self._failing)
             self._wake.wait(max(interval - (time.monotonic() - began), 0.0))
             self._wake.clear()
 
@@ -141,35 +140,15 @@ class _Source:
             return Reading(self.name, error=f"{type(exc).__name__}: {exc}")
 
 
-class _FailureLog:
-    """A failing source says so once, then every SUMMARY_EVERY_S with a count, then recovers."""
-
-    def __init__(self, source: str) -> None:
-        self._source = source
-        self._error = ""
-        self._count = 0
-        self._next_summary = 0.0
-
-    def note(self, reading: Reading) -> None:
-        now = time.monotonic()
-        if reading.ok:
-            if self._error:
-                log.info("imds.recovered", source=self._source, failed_polls=self._count)
-            self._error, self._count = "", 0
-            return
-        self._count += 1
-        if reading.error != self._error:
-            self._error = reading.error
-            self._next_summary = now + SUMMARY_EVERY_S
-            log.warning("imds.error", source=self._source, error=reading.error)
-        elif now >= self._next_summary:
-            self._next_summary = now + SUMMARY_EVERY_S
-            log.warning(
-                "imds.still_failing",
-                source=self._source,
-                failed_polls=self._count,
-                error=self._error,
-            )
+def _report(source: str, reading: Reading, failing: bool) -> bool:
+    """Log a failed poll (logs.py's RepeatFilter thins out the identical ones that follow) and
+    a recovery; returns whether the source is failing now."""
+    if not reading.ok:
+        log.warning("imds.error", source=source, error=reading.error)
+        return True
+    if failing:
+        log.info("imds.recovered", source=source)
+    return False
 
 
 class Cadence:
