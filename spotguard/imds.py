@@ -205,7 +205,9 @@ class ImdsClient:
         self._refresh_at = 0.0
         self._v1 = False  # set once a service without tokens was found and v1 is allowed
         self._retrying = Retrying(
-            stop=stop_after_attempt(config.attempts) | stop_before_delay(self.budget),
+            # a retry only with half a deadline still left for it after the backoff
+            stop=stop_after_attempt(config.attempts)
+            | stop_before_delay(self.budget - self._deadline / 2),
             wait=wait_random_exponential(multiplier=backoff_max / 8, max=backoff_max),
             retry=retry_if_exception_type(ImdsServerError),
             sleep=self._clock.sleep,
