@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_imds",
     "tests.fixtures_guest",
     "tests.hypothesis_profiles",
+    "tests.fixtures_agent",
 ]

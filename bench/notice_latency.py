@@ -3,7 +3,9 @@
 Starts the metadata simulator and the real agent (a separate process, 1 s poll, dry run, reclaim
 pointed at an empty folder so nothing on this machine is touched), then:
   1. lets the agent idle and reads its RSS and CPU time from /proc;
-  2. serves N spot notices at random moments and measures notice served → `notice.received`.
+  2. serves a spot notice, then N new times for it at random moments, each earlier than the
+     last, and measures served → `notice.received` (the first) or `notice.changed` (the rest:
+     an interruption is one event whatever its time does; an earlier time is what it reports).
 Goals (issue 2): p99 <= poll + 0.1 s, RSS <= 40 MB, CPU <= 0.2 % of a core.
 
     .venv/bin/python bench/notice_latency.py [--notices 40] [--idle 30]
@@ -54,6 +56,11 @@ def wait_for(lines: Lines, event: str, limit: float) -> float:
         if entry.get("event") == event:
             return at
     raise TimeoutError(f"no {event} within {limit} s")
+
+
+def seen(lines: Lines, first: bool, limit: float) -> float:
+    """When the agent reported the notice (first) or its earlier time (every other one)."""
+    return wait_for(lines, "notice.received" if first else "notice.changed", limit)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -127,11 +134,12 @@ def main() -> int:
             baseline.join()
             rss = rss_mib(agent.pid)
             latencies = []
+            first_time = time.time() + 1800  # then each one a second earlier than the last
             for n in range(args.notices):
                 time.sleep(random.uniform(0.1, POLL_S + 0.1))  # a random phase of the poll
                 served = time.time()
-                imds.set_notice("stop", served + 120 + n)  # a new time: a new notice id
-                latencies.append(wait_for(lines, "notice.received", 10) - served)
+                imds.set_notice("stop", first_time - n)
+                latencies.append(seen(lines, n == 0, 10) - served)
             rss_after = rss_mib(agent.pid)
         finally:
             agent.terminate()

@@ -1,32 +1,40 @@
 """The agent: `tick` is one control step (observe, plan, act); `run` is the loop around it.
 
-Data flows one way: monitors and host signals → observation → planner → decisions → actions.
-Every part that touches the world comes in through `Parts`, so tests can hand in real servers
-on 127.0.0.1 and fake /proc trees, and a FakeClock.
+Data flows one way: sources (cadence.py, each in its own thread) and host signals →
+observation → planner → decisions → actions. Every part that touches the world comes in
+through `Parts`, so tests can hand in real servers on 127.0.0.1, fake /proc trees and a
+FakeClock. A decision outlives its side effects: each action is guarded, and the hibernation
+is acted on before the reports that accompany it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
 
+from spotguard.cadence import FACTS, Cadence, Pace, Reading
 from spotguard.clock import Clock
 from spotguard.config import Config
 from spotguard.estimator import Estimator, ImageEstimate
-from spotguard.events import Event, EventKind, EventStore
+from spotguard.events import Change, Event, EventKind, EventStore
 from spotguard.image_size import ImageSizeControl
-from spotguard.imds import ImdsError
 from spotguard.metrics import Metrics
-from spotguard.monitors import InstanceFacts, Monitor
+from spotguard.monitors import HIBERNATION_UNKNOWN, InstanceFacts, Monitor
 from spotguard.planner import (
+    AtRisk,
     CancelReclaim,
+    Commitment,
     Decision,
+    Ec2Hibernating,
     Graceful,
     Hibernate,
     Notify,
@@ -37,6 +45,7 @@ from spotguard.planner import (
     RunHooks,
     StartReclaim,
     plan,
+    restore,
 )
 from spotguard.reclaim.api import Intensity, Reclaimer, ReclaimRequest, ReclaimResult, StageResult
 from spotguard.sdnotify import SystemdNotifier
@@ -45,6 +54,10 @@ from spotguard.state import StateFile
 from spotguard.trigger import Hibernator, TriggerResult
 
 log = structlog.get_logger()
+
+SHUTDOWN_S = 0.8  # SIGTERM ends the agent within a second, whatever it was doing
+CANCEL_WAIT_S = 1.0  # a cancelled reclaim puts v1 limits back within a step (~20 ms)
+DECIDING = (Phase.EMERGENCY, Phase.HIBERNATING, Phase.EC2_HIBERNATING, Phase.GRACEFUL)
 
 
 class HookRunnerLike(Protocol):
@@ -63,7 +76,10 @@ class HostSignalsLike(Protocol):
 
 @dataclass
 class Parts:
-    """What the agent touches. `hibernator_for` is late-bound: EC2 needs the instance's facts."""
+    """What the agent touches. `hibernator_for` is late-bound: EC2 needs the instance's facts.
+
+    Every monitor and `fetch_facts` is polled in a thread of its own, at the same time as the
+    others: each needs a metadata client of its own (see monitors.default_monitors)."""
 
     clock: Clock
     monitors: Sequence[Monitor]
@@ -80,8 +96,58 @@ class Parts:
     systemd: SystemdNotifier = field(default_factory=SystemdNotifier)
 
 
+class Background:
+    """Side work (hooks after the fact, the webhook, building the EC2 client) in daemon threads:
+    nothing here may hold up a decision or a shutdown. The webhook's messages go down one
+    lane, in the order they were decided."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+        self._lane: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._lane_thread: threading.Thread | None = None
+
+    def submit(self, name: str, work: Callable[[], object]) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def run() -> None:
+            try:
+                future.set_result(work())
+            except Exception as exc:
+                log.exception("background.failed", work=name)
+                future.set_exception(exc)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads.append(thread)
+        thread.start()
+        return future
+
+    def in_order(self, work: Callable[[], object]) -> None:
+        self._lane.put(work)
+        if self._lane_thread is None:
+            self._lane_thread = threading.Thread(target=self._drain, name="lane", daemon=True)
+            self._lane_thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            work = self._lane.get()
+            try:
+                work()
+            except Exception:
+                log.exception("background.failed", work="lane")
+            finally:
+                self._lane.task_done()
+
+    def join(self, until: float) -> None:
+        """Wait for the work in flight until `until` (time.monotonic); what is left is dropped."""
+        for thread in self._threads:
+            thread.join(max(until - time.monotonic(), 0.0))
+        while self._lane.unfinished_tasks and time.monotonic() < until:
+            time.sleep(0.01)
+
+
 class ReclaimWorker:
-    """Runs one reclaim at a time in a thread, so the loop keeps polling for notices meanwhile."""
+    """Runs one reclaim at a time in a thread, so the loop keeps deciding meanwhile."""
 
     def __init__(self, reclaimer: Reclaimer) -> None:
         self._reclaimer = reclaimer
@@ -96,20 +162,38 @@ class ReclaimWorker:
         with self._lock:
             return self._request.intensity if self._request else None
 
-    def start(self, request: ReclaimRequest, progress: Callable[[StageResult], None]) -> None:
-        if self.running is not None:
-            return
-        self._cancel = threading.Event()
+    def start(
+        self,
+        request: ReclaimRequest,
+        progress: Callable[[StageResult], None],
+        before: Callable[[], object] | None = None,
+    ) -> bool:
+        """False when one still runs. `before` (the pre-reclaim hooks) runs first, in the
+        reclaim's thread: a slow hook delays its reclaim, never the loop."""
         with self._lock:
+            if self._request is not None:
+                return False
             self._request = request
+        self._cancel = threading.Event()
         self._thread = threading.Thread(
-            target=self._work, args=(request, progress), name="reclaim", daemon=True
+            target=self._work, args=(request, progress, before), name="reclaim", daemon=True
         )
         self._thread.start()
+        return True
 
-    def _work(self, request: ReclaimRequest, progress: Callable[[StageResult], None]) -> None:
+    def _work(
+        self,
+        request: ReclaimRequest,
+        progress: Callable[[StageResult], None],
+        before: Callable[[], object] | None,
+    ) -> None:
         try:
-            result = self._reclaimer.reclaim(request, self._cancel, progress)
+            if before is not None:
+                before()
+            if self._cancel.is_set():
+                result = ReclaimResult(request.intensity, 0, 0.0, "cancelled")
+            else:
+                result = self._reclaimer.reclaim(request, self._cancel, progress)
         except Exception as exc:  # a backend bug must not take the agent down
             log.exception("reclaim.failed", intensity=request.intensity.value)
             result = ReclaimResult(request.intensity, 0, 0.0, f"error: {exc}")
@@ -117,7 +201,8 @@ class ReclaimWorker:
             self._finished = result
             self._request = None
 
-    def cancel(self, wait_s: float = 5.0) -> None:
+    def cancel(self, wait_s: float = CANCEL_WAIT_S) -> None:
+        """Stop the reclaim; the v1 backend restores the limits it lowered before it returns."""
         self._cancel.set()
         if self._thread is not None:
             self._thread.join(wait_s)
@@ -132,8 +217,8 @@ class Agent:
     def __init__(self, config: Config, parts: Parts) -> None:
         self.config = config
         self.parts = parts
-        self.state = PlannerState()
         self.store = EventStore()
+        self.cadence = Cadence(config.agent, parts.monitors, parts.fetch_facts)
         self.facts: InstanceFacts | None = None
         self.host: HostSample | None = None
         self.estimate: ImageEstimate | None = None
@@ -143,42 +228,61 @@ class Agent:
         self.imds_error = ""
         self.resume_flag = threading.Event()
         self._worker = ReclaimWorker(parts.reclaimer)
-        self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="notify")
+        self._background = Background()
         self._trigger_result: TriggerResult | None = None
+        self._issue = ""  # pending | issued | refused: the hibernation call for issued_for
         self._hibernator: Future[Hibernator] | None = None
         self._hibernator_facts: InstanceFacts | None = None
-        self._next_full_look = 0.0
+        self._pre_reclaim: Callable[[], object] | None = None
+        self._next_look = 0.0
         self._looked = False
         self._last_tick = parts.clock.monotonic()
+        self.state = self._restore()
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        clock = self.parts.clock
+        """Ticks in a control thread; this thread only waits for `stop`, so a tick stuck in a
+        hook or the EC2 call never keeps SIGTERM from ending the agent within a second."""
         log.info("agent.started", mode=self.config.hibernate.mode, imds=self.config.imds.url)
         self.parts.systemd.notify("READY=1", "STATUS=armed")
         log.info("agent.armed", after="start")
+        self.cadence.start()
+        control = threading.Thread(target=self._loop, args=(stop,), name="control", daemon=True)
+        control.start()
+        stop.wait()
+        ends = time.monotonic() + SHUTDOWN_S
+        self.cadence.stop()
+        control.join(SHUTDOWN_S / 2)
+        self.shutdown(ends)
+
+    def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            began = clock.monotonic()
             try:
                 self.tick()
             except Exception:  # the loop outlives any single bad step
                 log.exception("agent.tick_failed")
-            stop.wait(max(self.config.agent.poll_interval - (clock.monotonic() - began), 0.0))
-        self.shutdown()
+            if not stop.is_set():
+                self.cadence.inbox.wait(self.config.agent.poll_interval)
 
-    def shutdown(self) -> None:
+    def shutdown(self, ends: float | None = None) -> None:
         """Stop reclaim (the v1 backend restores limits on cancel) and leave a final state."""
-        self._worker.cancel()
-        self._background.shutdown(wait=True, cancel_futures=False)
+        ends = ends if ends is not None else time.monotonic() + SHUTDOWN_S
+        self.cadence.stop()
+        self._worker.cancel(max(ends - time.monotonic(), 0.1))
+        self._background.join(ends)
         self._write_state()
         log.info("agent.stopped", phase=self.state.phase.value)
 
     def tick(self) -> list[Decision]:
         """One control step: observe, plan, act. Returns the decisions, for tests and simulate."""
+        self.cadence.start()  # at the first tick: tests tick without `run`
         obs = self._observe()
         self.state, decisions = plan(self.state, obs, self.config)
+        self.cadence.set_pace(self._pace())
         for decision in decisions:
-            self._act(decision)
+            self._act_guarded(decision)
+        if obs.resume_signalled and not any(isinstance(d, Resumed) for d in decisions):
+            log.info("resume.unconfirmed", why="SIGUSR1, but the kernel counted no sleep")
         self._report()
         return decisions
 
@@ -190,22 +294,29 @@ class Agent:
             return False, f"control loop stalled for {stale:.0f} s"
         return True, ""
 
+    def _pace(self) -> Pace:
+        if self.state.phase in DECIDING:
+            return Pace.DECIDING
+        if self.state.phase is not Phase.ARMED or self._worker.running or self.store.active():
+            return Pace.BUSY
+        return Pace.CALM
+
     # -- observe --------------------------------------------------------------------------
     def _observe(self) -> Observation:
         clock = self.parts.clock
-        now_mono = clock.monotonic()
-        if self.facts is None:
-            self.facts = self._fetch_facts()
+        now_mono, slept = clock.monotonic(), clock.slept()
+        new_events, changed = self._take_readings(self.cadence.inbox.take())
         full = self._looked = self._full_look(now_mono)
-        new_events = self._poll_monitors(full)
-        if full:
+        if full and self.cadence.pace is not Pace.DECIDING:  # idleness no longer matters then
             self.host = self._safe("signals.failed", lambda: self.parts.host.sample(now_mono))
         finished = self._worker.take_finished()  # before the estimate, which it changes
         if finished is not None:
             self.last_reclaim = finished
             self._log_reclaim_done(finished)
-        if full or new_events or finished:
+        if full or new_events or changed or finished:
             self._estimate()
+        if any(e.kind is EventKind.SPOT_INTERRUPTION for e in self.store.active()):
+            self._hibernator_ready()
         trigger_result, self._trigger_result = self._trigger_result, None
         resumed = self.resume_flag.is_set()
         self.resume_flag.clear()
@@ -222,20 +333,77 @@ class Agent:
             reclaim_finished=finished,
             trigger_result=trigger_result,
             resume_signalled=resumed,
+            slept=slept,
         )
 
-    def _full_look(self, now: float) -> bool:
-        """The spot notice is polled every tick. The rest (early warnings, which come minutes
-        ahead, host signals, the image) only every `slow_poll_interval` while nothing is going
-        on: an agent idling for days should cost next to nothing."""
-        calm = (
-            self.state.phase is Phase.ARMED
-            and self._worker.running is None
-            and not self.store.active()
+    def _take_readings(self, readings: list[Reading]) -> tuple[list[Event], list[Change]]:
+        new: list[Event] = []
+        changed: list[Change] = []
+        failed = ""
+        for reading in readings:
+            if not reading.ok:
+                failed = reading.error
+                continue
+            if reading.source == FACTS:
+                self._facts_known(reading.facts)
+                continue
+            update = self.store.update(reading.source, reading.events)
+            new += update.new
+            changed += update.changed
+        for event in new:
+            self._quietly(self._log_new, event)
+        for change in changed:
+            self._quietly(self._log_change, change)
+        if failed:
+            self.imds_failures += 1
+            self.imds_error = failed
+        elif readings:
+            self.imds_failures = 0
+        return new, changed
+
+    def _log_new(self, event: Event) -> None:
+        self.parts.metrics.events.labels(event.kind.value).inc()
+        log.info(
+            "notice.received",
+            kind=event.kind.value,
+            id=event.id,
+            action=event.action,
+            deadline=_iso(event.deadline),
+            seconds_left=self._seconds_left(event),
         )
-        if calm and now < self._next_full_look:
+
+    def _log_change(self, change: Change) -> None:
+        log.info(
+            "notice.changed",
+            kind=change.event.kind.value,
+            id=change.event.id,
+            what=change.what,
+            announced=_iso(change.announced_deadline),
+            announced_action=change.announced_action,
+            deadline=_iso(change.event.deadline),
+            action=change.event.action,
+            seconds_left=self._seconds_left(change.event),
+        )
+
+    def _facts_known(self, facts: InstanceFacts | None) -> None:
+        if facts is None:
+            return
+        first = self.facts is None
+        self.facts = facts
+        log.info("facts.known", **asdict(facts))
+        if first and facts.hibernation_configured is None:
+            log.warning(
+                "facts.hibernation_unknown", problem=f"hibernation/configured {HIBERNATION_UNKNOWN}"
+            )
+
+    def _full_look(self, now: float) -> bool:
+        """Host signals and the image are looked at every tick while something goes on, and
+        every `slow_poll_interval` while nothing does: an agent idling for days should cost
+        next to nothing."""
+        calm = self.cadence.pace is Pace.CALM and self._worker.running is None
+        if calm and now < self._next_look:
             return False
-        self._next_full_look = now + self.config.agent.slow_poll_interval
+        self._next_look = now + self.config.agent.slow_poll_interval
         return True
 
     def _estimate(self) -> None:
@@ -245,49 +413,6 @@ class Agent:
             self.estimate, self.estimate_error = None, str(exc)
             log.warning("estimate.failed", error=str(exc))
 
-    def _poll_monitors(self, full: bool) -> list[Event]:
-        new: list[Event] = []
-        failed = ""
-        for monitor in self.parts.monitors:
-            if not full and monitor.kind is not EventKind.SPOT_INTERRUPTION:
-                continue
-            try:
-                events = monitor.poll()
-            except ImdsError as exc:
-                failed = str(exc)
-                log.warning("imds.error", source=monitor.kind.value, error=failed)
-                continue
-            for event in self.store.update(monitor.kind.value, events):
-                new.append(event)
-                if event.kind is EventKind.SPOT_INTERRUPTION:
-                    self._hibernator_ready()
-                self.parts.metrics.events.labels(event.kind.value).inc()
-                log.info(
-                    "notice.received",
-                    kind=event.kind.value,
-                    id=event.id,
-                    action=event.action,
-                    deadline=_iso(event.deadline),
-                    seconds_left=None
-                    if event.deadline is None
-                    else round(event.deadline - self.parts.clock.wall(), 1),
-                )
-        if failed:
-            self.imds_failures += 1
-            self.imds_error = failed
-        else:
-            self.imds_failures = 0
-        return new
-
-    def _fetch_facts(self) -> InstanceFacts | None:
-        try:
-            facts = self.parts.fetch_facts()
-        except ImdsError as exc:
-            log.warning("facts.unavailable", error=str(exc))
-            return None
-        log.info("facts.known", **asdict(facts))
-        return facts
-
     def _safe(self, failure: str, read: Callable[[], HostSample]) -> HostSample | None:
         try:
             return read()
@@ -296,16 +421,27 @@ class Agent:
             return None
 
     # -- act ------------------------------------------------------------------------------
+    def _act_guarded(self, decision: Decision) -> None:
+        """A failing action is logged and the next one still happens."""
+        try:
+            self._act(decision)
+        except Exception:
+            with contextlib.suppress(Exception):
+                log.exception("agent.action_failed", decision=type(decision).__name__)
+
     def _act(self, decision: Decision) -> None:
         match decision:
             case StartReclaim(request):
+                before, self._pre_reclaim = self._pre_reclaim, None
+                if not self._worker.start(request, self._log_stage, before):
+                    log.warning("reclaim.not_started", intensity=request.intensity.value)
+                    return
                 log.info(
                     "reclaim.started",
                     intensity=request.intensity.value,
                     budget_s=round(request.budget_s, 1),
                     target_bytes=request.target_bytes,
                 )
-                self._worker.start(request, self._log_stage)
             case CancelReclaim(reason):
                 log.info("reclaim.cancelled", reason=reason)
                 self._worker.cancel()
@@ -320,19 +456,40 @@ class Agent:
                 log.warning(
                     "hibernate.unavailable", reason=reason, notice=event.id if event else None
                 )
+            case AtRisk(event, predicted_s, seconds_left):
+                log.warning(
+                    "hibernate.at_risk",
+                    notice=event.id,
+                    predicted_s=round(predicted_s, 1),
+                    seconds_left=round(seconds_left, 1),
+                )
+            case Ec2Hibernating(event, cancelled, budget):
+                log.info(
+                    "notice.ec2_hibernating",
+                    notice=event.id,
+                    cancelled=cancelled.value if cancelled else None,
+                    hooks="pre-hibernate",
+                    hook_budget_s=budget,
+                    ours="none: EC2 hibernates the instance itself, now",
+                )
             case Resumed(slept):
                 log.info("hibernate.resumed", slept_s=round(slept, 1))
+                self.store.new_life()
+                self.cadence.want_facts()
+                self._hibernator = None
+                self._issue = ""
                 self.parts.image_size.restore()
                 log.info("agent.armed", after="resume")
-                self._hibernator = None
-                self.facts = None
 
     def _run_hooks(self, kind: str, event: Event | None, budget: float | None) -> None:
         env = _event_env(event, self.state.reason)
-        if kind in ("pre-hibernate", "pre-reclaim"):
-            self.parts.hooks.run(kind, env, budget)  # must be done before what follows
+        hooks = self.parts.hooks
+        if kind == "pre-hibernate":
+            hooks.run(kind, env, budget)  # must be done before the hibernation, within budget
+        elif kind == "pre-reclaim":
+            self._pre_reclaim = lambda: hooks.run(kind, env, budget)  # in the reclaim's thread
         else:
-            self._background.submit(self.parts.hooks.run, kind, env, budget)
+            self._background.submit(f"hooks-{kind}", lambda: hooks.run(kind, env, budget))
 
     def _notify(self, what: str, event: Event | None, reason: str) -> None:
         webhook = self.parts.webhook
@@ -346,33 +503,46 @@ class Agent:
             "phase": self.state.phase.value,
         }
         deadline = event.deadline if event is not None else None
-        self._background.submit(webhook.send, payload, deadline)
+        self._background.in_order(lambda: webhook.send(payload, deadline))
 
     def _hibernator_ready(self) -> Future[Hibernator]:
         """Built in the background as soon as a notice comes: boto3 takes a second and 20+ MiB
         to load, which an agent idling for days should not hold."""
         if self._hibernator is None or self._hibernator_facts != self.facts:
-            self._hibernator_facts = self.facts  # EC2 needs the instance id and region
-            self._hibernator = self._background.submit(self.parts.hibernator_for, self.facts)
+            facts = self._hibernator_facts = self.facts  # EC2 needs the instance id and region
+            self._hibernator = self._background.submit(
+                "hibernator", lambda: self.parts.hibernator_for(facts)
+            )
         return self._hibernator
 
     def _hibernate(self, event: Event, reason: str, image_size: int | None) -> None:
-        hibernator = self._hibernator_ready().result()
+        """'Issued for this notice' is on disk before the call goes out, and the outcome right
+        after: a restart never issues a second one (planner.restore)."""
+        self._issue = "pending"
+        self._write_state()
         estimate = self.estimate
-        if image_size is not None:
-            self.parts.image_size.lower(image_size)
-        result = hibernator.hibernate()
+        mode = self.config.hibernate.mode
+        try:
+            hibernator = self._hibernator_ready().result()
+            mode = hibernator.mode
+            if image_size is not None:
+                self.parts.image_size.lower(image_size)
+            result = hibernator.hibernate()
+        except Exception as exc:  # the planner must still hear of it: refused, graceful path
+            log.exception("hibernate.failed")
+            result = TriggerResult(False, f"the hibernation call failed: {exc}", "AgentError")
+        self._trigger_result = result
+        self._issue = "issued" if result.issued else "refused"
+        self._write_state()
         if not result.issued:
             self.parts.image_size.restore()
         fields = {
-            "mode": hibernator.mode,
+            "mode": mode,
             "notice": event.id,
             "why_now": reason,
             "image_bytes": estimate.expected_bytes if estimate else None,
             **(estimate.prediction_fields() if estimate else {}),
-            "seconds_left": None
-            if event.deadline is None
-            else round(event.deadline - self.parts.clock.wall(), 1),
+            "seconds_left": self._seconds_left(event),
         }
         if result.issued:
             self.parts.metrics.hibernations.labels("issued").inc()
@@ -380,7 +550,32 @@ class Agent:
         else:
             self.parts.metrics.hibernations.labels("refused").inc()
             log.warning("hibernate.refused", reason=result.reason, code=result.error_code, **fields)
-        self._trigger_result = result
+
+    def _seconds_left(self, event: Event) -> float | None:
+        if event.deadline is None:
+            return None
+        return round(event.deadline - self.parts.clock.wall(), 1)
+
+    # -- state ----------------------------------------------------------------------------
+    def _restore(self) -> PlannerState:
+        """Pick up what a previous run of this instance life committed (planner.restore)."""
+        clock = self.parts.clock
+        slept = clock.slept()
+        previous = Commitment()
+        try:
+            snapshot = self.parts.state_file.read()
+        except (OSError, ValueError) as exc:
+            log.warning("state.unreadable", path=str(self.parts.state_file.path), error=str(exc))
+            snapshot = None
+        if snapshot is not None:
+            previous = _commitment(snapshot)
+        state = restore(previous, _booted_at(clock, slept), slept, self.config)
+        self.store.retire(state.handled)
+        if state.notice_id:
+            self.store.seed(EventKind.SPOT_INTERRUPTION, state.notice_id)
+            self._issue = previous.issue if state.issued_for else ""
+            log.info("agent.restored", notice=state.notice_id, phase=state.phase.value)
+        return state
 
     # -- report ---------------------------------------------------------------------------
     def _log_stage(self, stage: StageResult) -> None:
@@ -418,32 +613,87 @@ class Agent:
         self.parts.systemd.notify("WATCHDOG=1", f"STATUS={self.state.phase.value}")
 
     def _write_state(self) -> None:
+        """Never raises: a full disk must not cost the decision it reports on."""
+        try:
+            self.parts.state_file.write(self._snapshot())
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                log.warning(
+                    "state.write_failed", path=str(self.parts.state_file.path), error=str(exc)
+                )
+
+    def _snapshot(self) -> dict[str, Any]:
         ok, why = self.healthy()
-        snapshot = {
+        clock = self.parts.clock
+        slept = clock.slept()
+        return {
             "phase": self.state.phase.value,
             "reason": self.state.reason,
             "healthy": ok,
             "health_problem": why,
             "idle_since_s": None
             if self.state.idle_since is None
-            else round(self.parts.clock.monotonic() - self.state.idle_since, 1),
+            else round(clock.monotonic() - self.state.idle_since, 1),
             "reclaim_running": self._worker.running,
             "facts": asdict(self.facts) if self.facts else None,
             "events": [_event_dict(e) for e in self.store.active()],
             "estimate": asdict(self.estimate) if self.estimate else None,
             "last_reclaim": asdict(self.last_reclaim) if self.last_reclaim else None,
             "hibernate_mode": self.config.hibernate.mode,
+            "handled_notices": list(self.state.handled),
+            "issued_for": self.state.issued_for or None,
+            "issue": self._issue or None,
+            # Rounded: read twice they differ by microseconds, which would rewrite the file.
+            "life": {
+                "booted_at": round(_booted_at(clock, slept), 1),
+                "slept_s": None if slept is None else round(slept, 1),
+            },
         }
+
+    def _quietly(self, report: Callable[[Any], None], item: Any) -> None:
+        """A report that fails is dropped; what it reports on goes ahead."""
         try:
-            self.parts.state_file.write(snapshot)
-        except OSError as exc:
-            log.warning("state.write_failed", path=str(self.parts.state_file.path), error=str(exc))
+            report(item)
+        except Exception:
+            with contextlib.suppress(Exception):
+                log.exception("agent.report_failed", report=report.__name__)
+
+
+def _booted_at(clock: Clock, slept: float | None) -> float:
+    """The wall clock at boot: the same for every run of the agent within one boot."""
+    return clock.wall() - clock.monotonic() - (slept or 0.0)
+
+
+def _commitment(snapshot: Mapping[str, Any]) -> Commitment:
+    """The parts of a previous state file that `restore` needs; anything odd is left out."""
+    life = snapshot.get("life")
+    life = life if isinstance(life, dict) else {}
+    issued = snapshot.get("issued_for")
+    issue = snapshot.get("issue")
+    handled = snapshot.get("handled_notices")
+    return Commitment(
+        issued_for=issued if isinstance(issued, str) else "",
+        issue=issue if isinstance(issue, str) else "",
+        handled=tuple(h for h in handled if isinstance(h, str))
+        if isinstance(handled, list)
+        else (),
+        booted_at=_number(life.get("booted_at")),
+        slept=_number(life.get("slept_s")),
+    )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _iso(epoch: float | None) -> str | None:
+    """Never raises: a notice dated 9999-12-31T23:59:59-01:00 is past what datetime holds."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):
+        return f"@{epoch:.0f}"
 
 
 def _event_dict(event: Event | None) -> dict[str, Any] | None:

@@ -165,15 +165,14 @@ def build_agent(
     `dry_run`: nothing reaches a cgroup, /sys/power, EC2, a hook or the webhook (dry_run.py)."""
     clock = clock or SystemClock()
     fs = fs or host_fs(config)
-    client = ImdsClient(config.imds, clock=clock)
-    swap_rate = (
-        SwapRate()
-    )  # what our own swap writes reach: the engine measures, the estimator predicts
+    facts_client = ImdsClient(config.imds, clock=clock)
+    # what our own swap writes reach: the engine measures it, the estimator predicts with it
+    swap_rate = SwapRate()
     acting = _dry(config, fs, clock) if dry_run else _real(config, fs, clock, kernel, swap_rate)
     parts = Parts(
         clock=clock,
-        monitors=default_monitors(client),
-        fetch_facts=lambda: fetch_facts(client),
+        monitors=default_monitors(lambda: ImdsClient(config.imds, clock=clock), clock),
+        fetch_facts=lambda: fetch_facts(facts_client),
         host=_host_signals(config, fs),
         estimator=ImageEstimator(fs, config.hibernate, swap_rate=swap_rate),
         reclaimer=acting.reclaimer,

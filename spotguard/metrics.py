@@ -69,7 +69,9 @@ class MetricsServer:
     ) -> None:
         handler = _handler(metrics, health)
         self._server = ThreadingHTTPServer((address, port), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(  # a short poll: stop() is part of SIGTERM's second
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
 
     @property
     def port(self) -> int:

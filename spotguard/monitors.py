@@ -13,11 +13,13 @@ fallback would double the requests for no notice that instance-action does not a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import structlog
 
+from spotguard.clock import Clock
 from spotguard.events import Event, EventKind
 from spotguard.imds import ImdsClient, ImdsMalformedError, parse_event_time, parse_rfc3339
 
@@ -35,6 +37,10 @@ SPOT_ACTIONS = frozenset({"terminate", "stop", "hibernate"})
 # Target lifecycle states that end this instance, and what they do to it. Warm-pool stops and
 # hibernations are left out on purpose: the Auto Scaling group performs those itself.
 TERMINATING_STATES = {"Terminated": "terminate", "Warmed:Terminated": "terminate"}
+# EC2 announces a stop or terminate about 2 minutes ahead. A time further than an hour from
+# now either way is not a deadline anyone can plan with: the notice counts, its time does not.
+WARNING_S = 120.0
+PLAUSIBLE_S = 3600.0
 
 log = structlog.get_logger()
 
@@ -69,9 +75,18 @@ class _OnePath:
 
 
 class SpotInterruptionMonitor(_OnePath):
-    """``{"action": "terminate"|"stop"|"hibernate", "time": "...Z"}``; deadline = time."""
+    """``{"action": "terminate"|"stop"|"hibernate", "time": "...Z"}``; deadline = time.
+
+    A notice whose time cannot be read or is absurd (year 9999) is still a notice: it gets
+    the 2 minutes EC2 promises from now, and the store keeps the earliest deadline it saw.
+    """
 
     _kind = EventKind.SPOT_INTERRUPTION
+
+    def __init__(self, client: ImdsClient, clock: Clock) -> None:
+        super().__init__(client)
+        self._clock = clock
+        self._warned = ""
 
     def poll(self) -> list[Event]:
         body = self._client.get_json(INSTANCE_ACTION)
@@ -81,8 +96,26 @@ class SpotInterruptionMonitor(_OnePath):
         when = _field(body, "time", INSTANCE_ACTION)
         if action not in SPOT_ACTIONS:
             raise ImdsMalformedError(f"{INSTANCE_ACTION}: unknown action {action!r}")
-        deadline = parse_rfc3339(when, INSTANCE_ACTION)
-        return [Event(self.kind, f"spot-itn:{action}:{when}", action, deadline)]
+        return [Event(self.kind, f"spot-itn:{action}:{when}", action, self._deadline(when))]
+
+    def _deadline(self, when: str) -> float:
+        now = self._clock.wall()
+        try:
+            deadline = parse_rfc3339(when, INSTANCE_ACTION)
+            problem = "" if abs(deadline - now) <= PLAUSIBLE_S else "more than an hour from now"
+        except ImdsMalformedError as exc:
+            deadline, problem = now + WARNING_S, str(exc)
+        if not problem:
+            return deadline
+        if when != self._warned:
+            self._warned = when
+            log.warning(
+                "notice.time_unusable",
+                time=when[:80],
+                problem=problem,
+                assumed=f"{WARNING_S:g} s from the first sighting",
+            )
+        return now + WARNING_S
 
 
 class RebalanceMonitor(_OnePath):
@@ -136,12 +169,14 @@ class LifecycleMonitor(_OnePath):
         return [Event(self.kind, f"asg:{state}", TERMINATING_STATES[state], None, state)]
 
 
-def default_monitors(client: ImdsClient) -> list[Monitor]:
+def default_monitors(client_for: Callable[[], ImdsClient], clock: Clock) -> list[Monitor]:
+    """Each monitor gets a client of its own: they are polled in threads of their own, so a
+    slow path never holds up the spot notice's."""
     return [
-        SpotInterruptionMonitor(client),
-        RebalanceMonitor(client),
-        ScheduledEventMonitor(client),
-        LifecycleMonitor(client),
+        SpotInterruptionMonitor(client_for(), clock),
+        RebalanceMonitor(client_for()),
+        ScheduledEventMonitor(client_for()),
+        LifecycleMonitor(client_for()),
     ]
 
 

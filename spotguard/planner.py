@@ -4,7 +4,9 @@ No I/O and no sleeping here, so every rule below is tested with plain values. Th
 gathers the observation, calls `plan`, and carries out the decisions in order.
 
 The rules, in priority order:
-1. the wall clock jumped ahead of the monotonic clock (or the sleep hook said so): we resumed;
+1. the kernel counted time asleep since the last tick (CLOCK_BOOTTIME - CLOCK_MONOTONIC; the
+   sleep hook's SIGUSR1 is a second witness, enough on its own only where the kernel cannot
+   count): we resumed;
 2. a spot notice with action `hibernate`: EC2 is hibernating us now, only the short
    pre-hibernate hooks may run;
 3. a spot notice with action `stop`/`terminate`: reclaim hard, but only as long as the predicted
@@ -12,6 +14,9 @@ The rules, in priority order:
    or time is up, whichever comes first, and only into swap that can hold it;
 4. a rebalance recommendation or a scheduled stop: one deep reclaim, to be ready;
 5. idle long enough: a light reclaim of background cgroups.
+
+An interruption is one event (events.py), so each of these happens once per interruption; the
+side reports (on-notice hooks, webhook) come after the decision they accompany.
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ from spotguard.trigger import TriggerResult
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
 RECLAIM_PAYS = 1.1  # hibernation seconds a second of reclaim must save to go past the deadline
+SIGNALLED_SLEEP_S = 1.0  # with the sleep hook's SIGUSR1, this much kernel-counted sleep will do
+HANDLED_KEPT = 16
+SAME_BOOT_S = 30.0  # the wall clock at boot, as a previous run saw it: further off, another boot
+FALLBACK_WARNING_S = 120.0  # a notice without a usable time: EC2's two minutes
 
 
 class Phase(StrEnum):
@@ -59,18 +68,20 @@ class Observation:
     reclaim_finished: ReclaimResult | None = None  # finished since the previous tick
     trigger_result: TriggerResult | None = None  # of the hibernation issued last tick
     resume_signalled: bool = False  # the system-sleep hook sent SIGUSR1
+    slept: float | None = None  # the kernel's count of seconds asleep since boot (Clock.slept)
 
 
 @dataclass(frozen=True, slots=True)
 class PlannerState:
     phase: Phase = Phase.ARMED
-    clock_offset: float | None = None  # wall - monotonic at the previous tick
+    slept: float | None = None  # Observation.slept at the previous tick
     idle_since: float | None = None  # monotonic
     last_light_end: float | None = None  # monotonic
     prepared_for: str = ""  # id of the event the deep reclaim ran for
     notice_id: str = ""
     emergency_reclaim_done: bool = False
     handled: tuple[str, ...] = ()  # notices already slept through: a stale one must not repeat
+    issued_for: str = ""  # the notice a hibernation was decided for: never a second one
     reason: str = ""  # why the phase is what it is, for `spotguard status`
 
 
@@ -94,7 +105,7 @@ class RunHooks:
 
 @dataclass(frozen=True, slots=True)
 class Notify:
-    what: str  # notice | hibernating | graceful | resumed
+    what: str  # notice | hibernating | at-risk | graceful
     event: Event | None
     reason: str = ""
 
@@ -117,34 +128,133 @@ class Resumed:
     slept_s: float
 
 
-Decision = StartReclaim | CancelReclaim | RunHooks | Notify | Hibernate | Graceful | Resumed
+@dataclass(frozen=True, slots=True)
+class AtRisk:
+    """The predicted hibernation cannot end before the deadline: say so, then still try."""
+
+    event: Event
+    predicted_s: float
+    seconds_left: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ec2Hibernating:
+    """A notice with action `hibernate`: what spotguard does about it, for the log."""
+
+    event: Event
+    cancelled: Intensity | None  # the reclaim stopped for it, if one ran
+    hook_budget_s: float
+
+
+Decision = (
+    StartReclaim
+    | CancelReclaim
+    | RunHooks
+    | Notify
+    | Hibernate
+    | Graceful
+    | Resumed
+    | AtRisk
+    | Ec2Hibernating
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """What a previous run left in the state file that must outlive a crash and restart."""
+
+    issued_for: str = ""  # PlannerState.issued_for
+    issue: str = ""  # pending (the call was going out) | issued | refused
+    handled: tuple[str, ...] = ()
+    booted_at: float | None = None  # wall clock at boot (wall - monotonic - slept)
+    slept: float | None = None
+
+
+def restore(
+    previous: Commitment, booted_at: float, slept: float | None, config: Config
+) -> PlannerState:
+    """The state to start from. Within the same instance life (same boot, no sleep since), a
+    hibernation issued for a notice stays issued: a crash mid-emergency never leads to a
+    second one; one that was going out when we died is decided again."""
+    handled = previous.handled[-HANDLED_KEPT:]
+    same_boot = (
+        previous.booted_at is not None and abs(previous.booted_at - booted_at) <= SAME_BOOT_S
+    )
+    slept_since = (
+        previous.slept is not None
+        and slept is not None
+        and slept - previous.slept >= config.agent.resume_jump
+    )
+    notice = previous.issued_for
+    if not notice or not same_boot:
+        return PlannerState(slept=slept, handled=handled)
+    if slept_since:  # it was slept through: handled
+        return PlannerState(slept=slept, handled=(*handled, notice)[-HANDLED_KEPT:])
+    if previous.issue == "pending":
+        return PlannerState(
+            phase=Phase.EMERGENCY,
+            slept=slept,
+            notice_id=notice,
+            handled=handled,
+            reason="restarted while the hibernation was being issued: deciding again",
+        )
+    phase = Phase.GRACEFUL if previous.issue == "refused" else Phase.HIBERNATING
+    return PlannerState(
+        phase=phase,
+        slept=slept,
+        notice_id=notice,
+        issued_for=notice,
+        handled=handled,
+        reason=f"restarted: hibernation already {previous.issue or 'issued'} for this notice",
+    )
 
 
 def plan(
     state: PlannerState, obs: Observation, config: Config
 ) -> tuple[PlannerState, list[Decision]]:
-    offset = obs.wall - obs.monotonic
-    jumped = (
-        state.clock_offset is not None and offset - state.clock_offset > config.agent.resume_jump
-    )
-    # The sleep hook's signal matters only while we were going down: after a resume the clock
-    # jump already caught, it arrives again and must not reset what happened since.
-    going_down = state.phase in (Phase.HIBERNATING, Phase.EC2_HIBERNATING)
-    if jumped or (obs.resume_signalled and going_down):
-        slept = offset - state.clock_offset if state.clock_offset is not None else 0.0
+    slept = _slept_since(state, obs, config)
+    if slept is not None:
         handled = (*state.handled, state.notice_id) if state.notice_id else state.handled
-        fresh = PlannerState(clock_offset=offset, handled=handled, reason="resumed")
-        return fresh, [Resumed(max(slept, 0.0)), RunHooks("post-resume", None)]
+        fresh = PlannerState(
+            slept=obs.slept,
+            handled=handled[-HANDLED_KEPT:],
+            prepared_for=state.prepared_for,  # a warning still served after resume is old
+            reason="resumed",
+        )
+        return fresh, [Resumed(slept), RunHooks("post-resume", None)]
 
-    state = dataclasses.replace(state, clock_offset=offset)
-    decisions: list[Decision] = []
+    state = dataclasses.replace(state, slept=obs.slept)
     state = _note_reclaim_end(state, obs)
-    decisions += [
+    # Hooks and webhook hear of each new event once, after the decision it leads to.
+    reports: list[Decision] = [
         step
         for event in obs.new_events
+        if event.id not in state.handled
         for step in (RunHooks("on-notice", event), Notify("notice", event))
     ]
+    state, decisions = _decide(state, obs, config)
+    return state, [*decisions, *reports]
 
+
+def _slept_since(state: PlannerState, obs: Observation, config: Config) -> float | None:
+    """Seconds asleep since the previous tick, if we resumed; None if we did not.
+
+    Only the kernel's count says so: a tick slowed by a busy host or a hanging metadata path
+    grows wall and monotonic alike. The sleep hook's signal lowers the bar, never replaces the
+    count, except where the kernel cannot count at all."""
+    if obs.slept is None or state.slept is None:
+        going_down = state.phase in (Phase.HIBERNATING, Phase.EC2_HIBERNATING)
+        return 0.0 if obs.resume_signalled and going_down else None
+    grew = obs.slept - state.slept
+    if grew >= config.agent.resume_jump or (obs.resume_signalled and grew >= SIGNALLED_SLEEP_S):
+        return grew
+    return None
+
+
+def _decide(
+    state: PlannerState, obs: Observation, config: Config
+) -> tuple[PlannerState, list[Decision]]:
+    decisions: list[Decision] = []
     notice = _spot_notice(obs.events, state.handled)
     if notice is not None and notice.action == "hibernate":
         return _ec2_hibernating(state, obs, notice, config, decisions)
@@ -159,6 +269,8 @@ def plan(
         state = dataclasses.replace(
             state, phase=Phase.PREPARING, prepared_for=warning.id, reason=warning.kind.value
         )
+        if obs.reclaim_running is Intensity.DEEP:
+            return state, decisions  # the same deep reclaim, already running: let it finish
         if obs.reclaim_running is not None:
             decisions.append(CancelReclaim("deep reclaim replaces it"))
         deep = ReclaimRequest(Intensity.DEEP, config.reclaim.deep_budget)
@@ -211,12 +323,14 @@ def _ec2_hibernating(
     decisions: list[Decision],
 ) -> tuple[PlannerState, list[Decision]]:
     """EC2 gives no warning for `hibernate`: stop our own work and let it proceed."""
-    if state.phase is Phase.EC2_HIBERNATING:
-        return state, decisions
+    if state.phase in (Phase.EC2_HIBERNATING, Phase.HIBERNATING):
+        return state, decisions  # said and done already, by EC2 or by us
     if obs.reclaim_running is not None:
         decisions.append(CancelReclaim("EC2 is hibernating the instance"))
+    budget = config.hibernate.pre_hibernate_budget
     decisions += [
-        RunHooks("pre-hibernate", notice, config.hibernate.pre_hibernate_budget),
+        Ec2Hibernating(notice, obs.reclaim_running, budget),
+        RunHooks("pre-hibernate", notice, budget),
         Notify("hibernating", notice, "EC2 is hibernating the instance"),
     ]
     state = dataclasses.replace(
@@ -234,6 +348,8 @@ def _emergency(
 ) -> tuple[PlannerState, list[Decision]]:
     if state.phase in (Phase.HIBERNATING, Phase.GRACEFUL) and state.notice_id:
         return _after_trigger(state, obs, notice, decisions)
+    if state.issued_for == notice.id:
+        return state, decisions  # one hibernation per interruption, whatever happens after
     if state.notice_id != notice.id:
         state = dataclasses.replace(
             state,
@@ -248,7 +364,7 @@ def _emergency(
     if impossible or estimate is None:
         return _graceful(state, obs, notice, impossible, decisions)
 
-    deadline = notice.deadline if notice.deadline is not None else obs.wall + 120.0
+    deadline = notice.deadline if notice.deadline is not None else obs.wall + FALLBACK_WARNING_S
     hibernate_takes = estimate.predicted_write_s + config.hibernate.fixed_overhead
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
@@ -261,13 +377,20 @@ def _emergency(
         last_chance = latest_start + estimate.predicted_write_s - small_s
         latest_start = max(latest_start, last_chance)
 
+    late = obs.wall + config.agent.poll_interval >= latest_start
     go = ""
     if small:
         go = "image-small"
-    elif obs.wall + config.agent.poll_interval >= latest_start:
+    elif late:
         go = "deadline"
     elif state.emergency_reclaim_done and obs.reclaim_running is None:
         go = "reclaim-exhausted"
+    if go and config.hibernate.mode == "ec2" and obs.facts is None:
+        # The facts are fetched in their own thread: wait for them while time allows.
+        if not late:
+            return state, decisions
+        why = "instance facts unknown: the metadata service did not answer"
+        return _graceful(state, obs, notice, why, decisions)
     if go:
         if not estimate.fits(config.hibernate.swap_margin):
             need = int(estimate.expected_bytes * config.hibernate.swap_margin)
@@ -283,9 +406,20 @@ def _emergency(
         decisions += [
             RunHooks("pre-hibernate", notice, config.hibernate.pre_hibernate_budget),
             Hibernate(notice, go, target),
-            Notify("hibernating", notice, go),
         ]
-        state = dataclasses.replace(state, phase=Phase.HIBERNATING, reason=go)
+        seconds_left = deadline - obs.wall
+        decisions.append(Notify("hibernating", notice, go))
+        if hibernate_takes > seconds_left:
+            decisions += [
+                AtRisk(notice, hibernate_takes, seconds_left),
+                Notify(
+                    "at-risk",
+                    notice,
+                    f"predicted hibernation {hibernate_takes:.1f} s, {seconds_left:.1f} s left:"
+                    " trying anyway",
+                ),
+            ]
+        state = dataclasses.replace(state, phase=Phase.HIBERNATING, issued_for=notice.id, reason=go)
         return state, decisions
 
     if obs.reclaim_running is None and not state.emergency_reclaim_done:
@@ -328,10 +462,9 @@ def _after_trigger(
 
 
 def _why_impossible(obs: Observation, config: Config) -> str:
-    """Mode `none` is a dry run of the EC2 path: it says what EC2 would refuse, where it can."""
+    """Mode `none` is a dry run of the EC2 path: it says what EC2 would refuse, where it can.
+    Not served (None, as on AWS's metadata mock) is not a refusal: EC2 decides (README)."""
     mode = config.hibernate.mode
-    if mode == "ec2" and obs.facts is None:
-        return "instance facts unknown: the metadata service did not answer"
     if mode != "local" and obs.facts and obs.facts.hibernation_configured is False:
         return "hibernation is not configured on this instance (HibernationOptions.Configured)"
     if obs.estimate is None:

@@ -33,10 +33,13 @@ SHOWN = {
     "agent.started": ("mode",),
     "facts.known": ("instance_id", "life_cycle", "hibernation_configured"),
     "notice.received": ("kind", "action", "seconds_left"),
+    "notice.changed": ("kind", "what"),
+    "notice.ec2_hibernating": ("cancelled", "hooks", "ours"),
     "reclaim.started": ("intensity", "budget_s"),
     "reclaim.stage": ("cgroup", "reclaimed_bytes", "file_bytes", "anon_bytes", "stop_reason"),
     "reclaim.done": ("intensity", "reclaimed_bytes", "duration_s", "stop_reason"),
     "reclaim.cancelled": ("reason",),
+    "hibernate.at_risk": ("predicted_s", "seconds_left"),
     "hibernate.issued": ("why_now", "image_bytes", "seconds_left", "mode"),
     "hibernate.refused": ("reason",),
     "hibernate.unavailable": ("reason",),
@@ -183,7 +186,7 @@ class Timeline:
         if self._raw or name not in SHOWN:
             return
         shown = [_show(key, fields[key]) for key in SHOWN[name] if fields.get(key) is not None]
-        self._line(f"{name:<22}{'  '.join(shown)}")
+        self._line(f"{name:<21} {'  '.join(shown)}")
 
     def summary(self, agent: Agent) -> None:
         if self._raw:

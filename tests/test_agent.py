@@ -3,7 +3,6 @@ and a simulated host tree whose 'kernel' reclaims when the engine writes memory.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -11,15 +10,15 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import requests
 
+from spotguard import agent as agent_module
 from spotguard.agent import Agent
 from spotguard.assemble import build_agent
 from spotguard.clock import Clock, FakeClock, SystemClock
@@ -29,32 +28,8 @@ from spotguard.metrics import MetricsServer
 from spotguard.planner import Phase, Resumed
 from spotguard.simhost import GIB, SimCgroup, SimHost
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
+from tests.fixtures_agent import REPO, Receiver, hook, stop_calls
 from tests.fixtures_aws import MotoServer
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def stop_calls(moto: MotoServer) -> list[dict[str, list[str]]]:
-    """Every StopInstances moto received since recording started, as parsed form bodies."""
-    calls = []
-    for line in moto.recorded().splitlines():
-        entry = json.loads(line)
-        body = entry.get("body") or ""
-        if entry.get("body_encoded"):
-            body = base64.b64decode(body).decode()
-        form = urllib.parse.parse_qs(body)
-        if form.get("Action") == ["StopInstances"]:
-            calls.append(form)
-    return calls
-
-
-@pytest.fixture
-def instance_id(moto_server: MotoServer) -> str:
-    answer = moto_server.ec2().run_instances(
-        ImageId="ami-12c6146b", MinCount=1, MaxCount=1, HibernationOptions={"Configured": True}
-    )
-    moto_server.start_recording()
-    return answer["Instances"][0]["InstanceId"]
 
 
 def agent_config(tmp_path: Path, imds_url: str, **sections: dict[str, object]) -> Config:
@@ -73,19 +48,6 @@ def agent_config(tmp_path: Path, imds_url: str, **sections: dict[str, object]) -
     for name, values in sections.items():
         raw[name] = {**raw.get(name, {}), **values}
     return from_mapping(raw, env={})
-
-
-def hook(tmp_path: Path, kind: str, name: str = "record") -> Path:
-    """A hook that appends its kind and event to a file: proof it ran, and with what."""
-    folder = tmp_path / "hooks" / kind
-    folder.mkdir(parents=True, exist_ok=True)
-    out = tmp_path / f"{kind}.log"
-    script = folder / name
-    script.write_text(
-        f'#!/bin/sh\necho "$SPOTGUARD_HOOK $SPOTGUARD_EVENT_KIND $SPOTGUARD_ACTION" >> {out}\n'
-    )
-    script.chmod(0o755)
-    return out
 
 
 def until(condition: Callable[[], bool], agent: Agent, limit_s: float = 20.0) -> None:
@@ -137,7 +99,7 @@ class TestStopNotice:
         pre_hibernate = hook(tmp_path, "pre-hibernate")
         with served(instance_id) as imds:
             agent = make_agent(tmp_path, imds, busy_host)
-            agent.tick()
+            until(lambda: agent.facts is not None and agent.estimate is not None, agent)
             assert agent.facts is not None
             assert agent.facts.instance_id == instance_id
             assert agent.estimate is not None
@@ -159,6 +121,9 @@ class TestStopNotice:
         assert pre_hibernate.read_text().split() == ["pre-hibernate", "spot-interruption", "stop"]
         state = json.loads(Path(agent.parts.state_file.path).read_text())
         assert state["phase"] == "hibernating"
+        assert state["issued_for"] == agent.state.notice_id
+        assert state["issue"] == "issued"
+        assert state["handled_notices"] == []
 
     def test_no_stop_when_hibernation_is_not_configured(
         self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
@@ -212,12 +177,74 @@ class TestResume:
             decisions = agent.tick()
             assert any(isinstance(d, Resumed) for d in decisions)
             assert agent.state.phase is Phase.ARMED
+            state = json.loads(Path(agent.parts.state_file.path).read_text())
+            assert len(state["handled_notices"]) == 1
+            assert state["issued_for"] is None
             assert int(image_size.read_text()) == quiet_host.ram * 2 // 5  # as before, or put back
             imds.set_notice("stop", in_seconds=120)  # armed again: a second notice counts
             until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
             agent.shutdown()
         assert len(stop_calls(moto_server)) == 2
         assert post_resume.read_text().startswith("post-resume")
+
+    def test_slow_ticks_and_a_bare_sigusr1_are_not_a_resume(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        clock = FakeClock(wall=time.time(), monotonic=time.monotonic())
+        with served(instance_id, clock=clock) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host, clock=clock)
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            clock.advance(12.6)  # a tick held up 12.6 s: both clocks moved, nothing slept
+            assert not any(isinstance(d, Resumed) for d in agent.tick())
+            agent.resume_flag.set()  # the sleep hook's signal, with no sleep behind it
+            assert not any(isinstance(d, Resumed) for d in agent.tick())
+            assert agent.state.phase is Phase.HIBERNATING
+            agent.shutdown()
+        assert len(stop_calls(moto_server)) == 1
+
+
+class _Failing:
+    """A hook runner, webhook and state file that fail every time they are used."""
+
+    path = Path("/nonexistent/state.json")
+
+    def run(self, kind: str, event_env: object, budget_s: float | None = None) -> list[object]:
+        raise RuntimeError(f"hook runner broke on {kind}")
+
+    def send(self, payload: object, deadline: float | None) -> bool:
+        raise RuntimeError("webhook broke")
+
+    def write(self, state: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    def read(self) -> None:
+        return None
+
+
+class TestDecisionsSurviveTheirActions:
+    def test_broken_hooks_webhook_and_state_file_lose_no_hibernation(
+        self, tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+    ) -> None:
+        with served(instance_id) as imds:
+            agent = make_agent(tmp_path, imds, quiet_host)
+            broken = _Failing()
+            agent.parts.hooks = broken
+            agent.parts.webhook = broken
+            agent.parts.state_file = broken  # type: ignore[assignment]
+            until(lambda: agent.facts is not None, agent)
+            imds.set_notice("stop", in_seconds=120)
+            until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
+            for _ in range(5):
+                agent.tick()
+            agent.shutdown()
+        assert len(stop_calls(moto_server)) == 1
+
+    def test_times_past_what_datetime_holds_are_still_reported(self) -> None:
+        year_10000 = 253402304399.0  # 9999-12-31T23:59:59-01:00
+        assert agent_module._iso(year_10000) == "@253402304399"
+        assert agent_module._iso(float("inf")) == "@inf"
+        assert agent_module._iso(1_800_000_000.0) == "2027-01-15T08:00:00Z"
 
 
 class TestFaults:
@@ -229,18 +256,17 @@ class TestFaults:
             server = MetricsServer(agent.parts.metrics, agent.healthy, "127.0.0.1", 0).start()
             health = f"http://127.0.0.1:{server.port}/healthz"
             try:
-                agent.tick()
+                until(lambda: agent.facts is not None, agent)
                 assert requests.get(health, timeout=2).status_code == 200
                 imds.set_fault("error_503")
-                for _ in range(3):
-                    agent.tick()
+                until(lambda: not agent.healthy()[0], agent)
                 answer = requests.get(health, timeout=2)
                 assert answer.status_code == 503
                 assert "503" in answer.text or "unavailable" in answer.text.lower()
                 imds.set_fault("garbage", count=4)
                 agent.tick()  # malformed answers are logged, not fatal
                 imds.clear_faults()
-                agent.tick()
+                until(lambda: agent.healthy()[0], agent)
                 assert requests.get(health, timeout=2).status_code == 200
                 metrics = requests.get(f"http://127.0.0.1:{server.port}/metrics", timeout=2).text
                 assert 'spotguard_phase{phase="armed"} 1.0' in metrics
@@ -252,37 +278,25 @@ class TestFaults:
         assert len(stop_calls(moto_server)) == 1
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    got: ClassVar[list[dict[str, Any]]] = []
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        self.got.append(json.loads(self.rfile.read(length)))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_webhook_hears_notice_and_hibernation(
     tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
 ) -> None:
-    _Receiver.got = []
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    Receiver.got = []
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     try:
         with served(instance_id) as imds:
             agent = make_agent(tmp_path, imds, quiet_host, agent={"webhook_url": url})
+            until(lambda: agent.facts is not None, agent)
             imds.set_notice("stop", in_seconds=120)
             until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
             agent.shutdown()  # waits for the background sends
     finally:
         receiver.shutdown()
-    assert [m["what"] for m in _Receiver.got] == ["notice", "hibernating"]
-    assert _Receiver.got[0]["instance_id"] == instance_id
-    assert _Receiver.got[1]["event"]["action"] == "stop"
+    assert [m["what"] for m in Receiver.got] == ["notice", "hibernating"]  # one lane, in order
+    assert {m["instance_id"] for m in Receiver.got} == {instance_id}
+    assert Receiver.got[1]["event"]["action"] == "stop"
 
 
 def test_spotguard_run_daemon(tmp_path: Path, moto_server: MotoServer, instance_id: str) -> None:

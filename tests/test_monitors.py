@@ -28,7 +28,7 @@ WHEN = 1_800_000_120.0
 def test_spot_notice_becomes_one_stable_event(
     simulator: MetadataSimulator, imds_client: ImdsClient, sim_clock: FakeClock, action: str
 ) -> None:
-    monitor = SpotInterruptionMonitor(imds_client)
+    monitor = SpotInterruptionMonitor(imds_client, sim_clock)
     assert monitor.poll() == []
     simulator.set_notice(action, WHEN)
     expected = Event(
@@ -43,17 +43,17 @@ def test_spot_notice_becomes_one_stable_event(
 
 
 def test_spot_notice_with_unknown_action_is_malformed(
-    simulator: MetadataSimulator, imds_client: ImdsClient
+    simulator: MetadataSimulator, imds_client: ImdsClient, sim_clock: FakeClock
 ) -> None:
     simulator.set_notice("reboot", WHEN)
     with pytest.raises(ImdsMalformedError, match="unknown action 'reboot'"):
-        SpotInterruptionMonitor(imds_client).poll()
+        SpotInterruptionMonitor(imds_client, sim_clock).poll()
 
 
 def test_spot_notice_garbage_and_missing_fields_are_malformed(
-    simulator: MetadataSimulator, imds_client: ImdsClient
+    simulator: MetadataSimulator, imds_client: ImdsClient, sim_clock: FakeClock
 ) -> None:
-    monitor = SpotInterruptionMonitor(imds_client)
+    monitor = SpotInterruptionMonitor(imds_client, sim_clock)
     simulator.set_notice("", WHEN)
     with pytest.raises(ImdsMalformedError, match="missing or non-string 'action'"):
         monitor.poll()
@@ -144,13 +144,13 @@ def test_lifecycle_other_states_are_quiet(
 
 def test_failures_reach_the_caller(simulator: MetadataSimulator, imds_client: ImdsClient) -> None:
     simulator.set_fault("error_503")
-    for monitor in default_monitors(imds_client):
+    for monitor in default_monitors(lambda: imds_client, FakeClock()):
         with pytest.raises(ImdsUnavailableError):
             monitor.poll()
 
 
 def test_default_monitors_cover_every_kind(imds_client: ImdsClient) -> None:
-    monitors = default_monitors(imds_client)
+    monitors = default_monitors(lambda: imds_client, FakeClock())
     assert {m.kind for m in monitors} == set(EventKind)
     assert all(m.poll() == [] for m in monitors)
 

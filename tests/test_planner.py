@@ -11,10 +11,14 @@ from spotguard.estimator import ImageEstimate
 from spotguard.events import Event, EventKind
 from spotguard.monitors import InstanceFacts
 from spotguard.planner import (
+    AtRisk,
     CancelReclaim,
+    Commitment,
     Decision,
+    Ec2Hibernating,
     Graceful,
     Hibernate,
+    Notify,
     Observation,
     Phase,
     PlannerState,
@@ -23,6 +27,7 @@ from spotguard.planner import (
     StartReclaim,
     is_idle,
     plan,
+    restore,
     small_image_bytes,
 )
 from spotguard.reclaim.api import Intensity, ReclaimResult
@@ -63,7 +68,7 @@ def notice(action: str = "stop", in_s: float = 120.0, now: float = WALL) -> Even
 
 
 def obs(t: float = 0.0, **fields: object) -> Observation:
-    base: dict[str, object] = {"facts": FACTS, "estimate": estimate(), "host": IDLE}
+    base: dict[str, object] = {"facts": FACTS, "estimate": estimate(), "host": IDLE, "slept": 0.0}
     base.update(fields)
     return Observation(wall=WALL + t, monotonic=MONO + t, **base)  # type: ignore[arg-type]
 
@@ -146,13 +151,13 @@ class TestWarnings:
             PlannerState(), obs(0, events=(rebalance,), new_events=(rebalance,)), cfg
         )
         assert state.phase is Phase.PREPARING
-        assert kinds(decisions) == [
-            "RunHooks:on-notice",
-            "Notify",
+        assert kinds(decisions) == [  # the decision first, the reports on it after
             "RunHooks:pre-reclaim",
             "StartReclaim",
+            "RunHooks:on-notice",
+            "Notify",
         ]
-        deep = decisions[-1]
+        deep = decisions[1]
         assert isinstance(deep, StartReclaim)
         assert deep.request.intensity is Intensity.DEEP
         _, again = plan(state, obs(5, events=(rebalance,)), cfg)
@@ -164,6 +169,15 @@ class TestWarnings:
             PlannerState(), obs(0, events=(rebalance,), reclaim_running=Intensity.LIGHT), config()
         )
         assert isinstance(decisions[0], CancelReclaim)
+
+    def test_a_running_deep_reclaim_is_not_restarted_for_another_warning(self) -> None:
+        rebalance = Event(EventKind.REBALANCE, "rebalance:t", "rebalance", WALL)
+        stop = Event(EventKind.SCHEDULED, "evt-1", "instance-stop", WALL + 86400)
+        state, _ = plan(PlannerState(), obs(0, events=(rebalance,)), config())
+        running = obs(1, events=(rebalance, stop), reclaim_running=Intensity.DEEP)
+        state, decisions = plan(dataclasses.replace(state, prepared_for="other"), running, config())
+        assert decisions == []
+        assert state.phase is Phase.PREPARING
 
     @pytest.mark.parametrize("code", ["instance-stop", "instance-retirement"])
     def test_scheduled_stop_is_a_warning(self, code: str) -> None:
@@ -191,14 +205,15 @@ class TestStopNotice:
             PlannerState(), obs(0, events=(n,), new_events=(n,), estimate=small), config()
         )
         assert state.phase is Phase.HIBERNATING
+        assert state.issued_for == n.id
         assert kinds(decisions) == [
-            "RunHooks:on-notice",
-            "Notify",
             "RunHooks:pre-hibernate",
             "Hibernate",
             "Notify",
+            "RunHooks:on-notice",
+            "Notify",
         ]
-        hibernate = decisions[3]
+        hibernate = decisions[1]
         assert isinstance(hibernate, Hibernate)
         assert hibernate.reason == "image-small"
         assert hibernate.image_size_bytes is None  # nothing clean left to drop
@@ -326,7 +341,6 @@ class TestStopNotice:
             ({"facts": dataclasses.replace(FACTS, hibernation_configured=False)}, "not configured"),
             ({"estimate": estimate(expected=GIB // 2, swap_free=GIB // 4)}, "swap too small"),
             ({"estimate": None, "estimate_error": "no /proc/meminfo"}, "no /proc/meminfo"),
-            ({"facts": None}, "facts unknown"),
         ],
     )
     def test_impossible_hibernation_is_graceful(self, fields: dict[str, object], why: str) -> None:
@@ -336,6 +350,72 @@ class TestStopNotice:
         assert not any(isinstance(d, Hibernate) for d in decisions)
         (graceful,) = [d for d in decisions if isinstance(d, Graceful)]
         assert why in graceful.reason
+
+    def test_facts_still_coming_are_waited_for_until_the_deadline(self) -> None:
+        n = notice(in_s=120)
+        small = estimate(expected=GIB // 2)
+        state, decisions = plan(
+            PlannerState(), obs(0, events=(n,), facts=None, estimate=small), config()
+        )
+        assert state.phase is Phase.EMERGENCY
+        assert not any(isinstance(d, Hibernate | Graceful) for d in decisions)
+        late, decisions = plan(state, obs(95, events=(n,), facts=None, estimate=small), config())
+        assert late.phase is Phase.GRACEFUL
+        (graceful,) = [d for d in decisions if isinstance(d, Graceful)]
+        assert "facts unknown" in graceful.reason
+        _, decisions = plan(state, obs(1, events=(n,), estimate=small), config())
+        assert kinds(decisions) == ["RunHooks:pre-hibernate", "Hibernate", "Notify"]
+
+    def test_unknown_hibernation_configured_is_left_to_ec2(self) -> None:
+        unknown = dataclasses.replace(FACTS, hibernation_configured=None)
+        n = notice()
+        state, decisions = plan(
+            PlannerState(),
+            obs(0, events=(n,), facts=unknown, estimate=estimate(GIB // 2)),
+            config(),
+        )
+        assert state.phase is Phase.HIBERNATING
+        assert any(isinstance(d, Hibernate) for d in decisions)
+
+    def test_predicted_past_the_deadline_is_at_risk_and_still_tried(self) -> None:
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
+        n = notice(in_s=29.3)
+        big = estimate(expected=int(3.28 * GIB))  # 33.6 s to write + 10 s: 43.6 s predicted
+        state, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=big), cfg)
+        assert state.phase is Phase.HIBERNATING
+        assert kinds(decisions) == [
+            "RunHooks:pre-hibernate",
+            "Hibernate",
+            "Notify",
+            "AtRisk",
+            "Notify",
+        ]
+        assert [d.what for d in decisions if isinstance(d, Notify)] == ["hibernating", "at-risk"]
+        (risk,) = [d for d in decisions if isinstance(d, AtRisk)]
+        assert risk.predicted_s == pytest.approx(43.6, abs=0.1)
+        assert risk.seconds_left == pytest.approx(29.3)
+        _, fine = plan(PlannerState(), obs(0, events=(n,), estimate=estimate(GIB // 2)), cfg)
+        assert not any(isinstance(d, AtRisk) for d in fine)
+
+    def test_one_hibernation_across_a_false_alarm(self) -> None:
+        cfg = config()
+        n = notice()
+        small = estimate(expected=GIB // 2)
+        state, first = plan(PlannerState(), obs(0, events=(n,), estimate=small), cfg)
+        assert sum(isinstance(d, Hibernate) for d in first) == 1
+        state, gone = plan(state, obs(1, estimate=small), cfg)  # the notice vanished
+        assert gone == []
+        for t in (2, 3):  # and came back, with a new time
+            moved = dataclasses.replace(n, deadline=WALL + 100 + t)
+            state, again = plan(state, obs(t, events=(moved,), estimate=small), cfg)
+            assert not any(isinstance(d, Hibernate) for d in again)
+        assert state.phase is Phase.HIBERNATING
+
+    def test_a_new_event_already_handled_is_not_reported_again(self) -> None:
+        n = notice()
+        state = PlannerState(handled=(n.id,))
+        _, decisions = plan(state, obs(0, events=(n,), new_events=(n,)), config())
+        assert decisions == []
 
     def test_local_mode_does_not_need_ec2_facts(self) -> None:
         cfg = config(hibernate={"mode": "local"})
@@ -359,8 +439,16 @@ class TestHibernateNotice:
             PlannerState(), obs(0, events=(n,), reclaim_running=Intensity.LIGHT), config()
         )
         assert state.phase is Phase.EC2_HIBERNATING
-        assert kinds(decisions) == ["CancelReclaim", "RunHooks:pre-hibernate", "Notify"]
-        hooks = decisions[1]
+        assert kinds(decisions) == [
+            "CancelReclaim",
+            "Ec2Hibernating",
+            "RunHooks:pre-hibernate",
+            "Notify",
+        ]
+        said = decisions[1]
+        assert isinstance(said, Ec2Hibernating)
+        assert said.cancelled is Intensity.LIGHT
+        hooks = decisions[2]
         assert isinstance(hooks, RunHooks)
         assert hooks.budget_s == config().hibernate.pre_hibernate_budget
         _, again = plan(state, obs(1, events=(n,)), config())
@@ -368,35 +456,119 @@ class TestHibernateNotice:
 
 
 class TestResume:
-    def test_wall_clock_jump_means_resumed(self) -> None:
+    def test_kernel_counted_sleep_means_resumed(self) -> None:
         cfg = config()
         n = notice()
         small = estimate(expected=GIB // 2)
         state, _ = plan(PlannerState(), obs(0, events=(n,), estimate=small), cfg)
         assert state.phase is Phase.HIBERNATING
-        # Two hours hibernated: the wall clock moved, the monotonic clock did not.
-        after = Observation(wall=WALL + 7201, monotonic=MONO + 1, facts=FACTS, estimate=small)
+        # Two hours hibernated: CLOCK_BOOTTIME moved on, CLOCK_MONOTONIC did not.
+        after = Observation(
+            wall=WALL + 7201, monotonic=MONO + 1, facts=FACTS, estimate=small, slept=7200.0
+        )
         state, decisions = plan(state, after, cfg)
         assert state.phase is Phase.ARMED
+        assert state.handled == (n.id,)
         assert isinstance(decisions[0], Resumed)
         assert decisions[0].slept_s == pytest.approx(7200)
         assert kinds(decisions)[1:] == ["RunHooks:post-resume"]
         # The same notice, still served after the resume, does not start another round.
-        still = Observation(wall=WALL + 7202, monotonic=MONO + 2, events=(n,), estimate=small)
+        still = Observation(
+            wall=WALL + 7202, monotonic=MONO + 2, events=(n,), estimate=small, slept=7200.0
+        )
         state, decisions = plan(state, still, cfg)
         assert state.phase is Phase.ARMED
         assert decisions == []
 
-    def test_sleep_hook_signal_means_resumed(self) -> None:
-        going_down = PlannerState(phase=Phase.HIBERNATING, notice_id="n")
+    def test_a_slow_tick_is_not_a_resume(self) -> None:
+        cfg = config()
+        n = notice()
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
+        assert state.phase is Phase.EMERGENCY
+        # 12.6 s in one tick (slow paths): the wall clock ran ahead of the last reading, the
+        # kernel counted no sleep.
+        slow = Observation(
+            wall=WALL + 25.2,
+            monotonic=MONO + 12.6,
+            facts=FACTS,
+            estimate=estimate(),
+            events=(n,),
+            slept=0.0,
+        )
+        state, decisions = plan(state, slow, cfg)
+        assert not any(isinstance(d, Resumed) for d in decisions)
+        assert state.phase is Phase.EMERGENCY
+        assert state.handled == ()
+
+    def test_sleep_hook_signal_needs_the_kernel_to_agree(self) -> None:
+        going_down = PlannerState(phase=Phase.HIBERNATING, notice_id="n", slept=0.0)
         state, decisions = plan(going_down, obs(0, resume_signalled=True), config())
+        assert decisions == []  # SIGUSR1 alone: nothing slept, nothing resumed
+        assert state.phase is Phase.HIBERNATING
+        short = obs(1, resume_signalled=True, slept=3.0)  # below resume_jump, but signalled
+        state, decisions = plan(going_down, short, config())
         assert isinstance(decisions[0], Resumed)
-        # The same resume, signalled again after the clock jump caught it, is not a second one.
-        _, decisions = plan(state, obs(1, resume_signalled=True), config())
+        # The same resume, signalled again, is not a second one.
+        _, decisions = plan(state, obs(2, resume_signalled=True, slept=3.0), config())
         assert not any(isinstance(d, Resumed) for d in decisions)
 
-    def test_small_drift_is_not_a_resume(self) -> None:
+    def test_without_a_kernel_count_the_signal_decides(self) -> None:
+        going_down = PlannerState(phase=Phase.HIBERNATING, notice_id="n")
+        _, decisions = plan(going_down, obs(0, resume_signalled=True, slept=None), config())
+        assert isinstance(decisions[0], Resumed)
+        _, decisions = plan(PlannerState(), obs(0, resume_signalled=True, slept=None), config())
+        assert decisions == []
+
+    def test_short_kernel_sleep_without_a_signal_is_not_a_resume(self) -> None:
         state, _ = plan(PlannerState(), obs(0), config())
-        drift = Observation(wall=WALL + 2.5, monotonic=MONO + 1, facts=FACTS, estimate=estimate())
-        _, decisions = plan(state, drift, config())
+        _, decisions = plan(state, obs(1, slept=2.5), config())
         assert not any(isinstance(d, Resumed) for d in decisions)
+
+
+class TestRestore:
+    BOOT = 1_799_990_000.0
+
+    def commitment(self, **fields: object) -> Commitment:
+        base: dict[str, object] = {
+            "issued_for": "spot-itn:stop:t",
+            "issue": "issued",
+            "handled": ("old",),
+            "booted_at": self.BOOT,
+            "slept": 0.0,
+        }
+        base.update(fields)
+        return Commitment(**base)  # type: ignore[arg-type]
+
+    def test_issued_in_this_life_stays_issued(self) -> None:
+        state = restore(self.commitment(), self.BOOT + 0.3, 0.0, config())
+        assert state.phase is Phase.HIBERNATING
+        assert (state.notice_id, state.issued_for) == ("spot-itn:stop:t", "spot-itn:stop:t")
+        assert state.handled == ("old",)
+        # ...so the notice, seen again after the restart, issues nothing more
+        n = dataclasses.replace(notice(), id="spot-itn:stop:t")
+        _, decisions = plan(state, obs(0, events=(n,), estimate=estimate(GIB // 2)), config())
+        assert not any(isinstance(d, Hibernate) for d in decisions)
+
+    def test_refused_stays_graceful(self) -> None:
+        state = restore(self.commitment(issue="refused"), self.BOOT, 0.0, config())
+        assert state.phase is Phase.GRACEFUL
+
+    def test_pending_is_decided_again(self) -> None:
+        state = restore(self.commitment(issue="pending"), self.BOOT, 0.0, config())
+        assert state.phase is Phase.EMERGENCY
+        assert state.issued_for == ""
+        n = dataclasses.replace(notice(), id="spot-itn:stop:t")
+        _, decisions = plan(state, obs(0, events=(n,), estimate=estimate(GIB // 2)), config())
+        assert sum(isinstance(d, Hibernate) for d in decisions) == 1
+
+    def test_another_boot_starts_fresh(self) -> None:
+        state = restore(self.commitment(), self.BOOT + 600, 0.0, config())
+        assert state == PlannerState(slept=0.0, handled=("old",))
+
+    def test_slept_since_means_handled(self) -> None:
+        state = restore(self.commitment(), self.BOOT, 3600.0, config())
+        assert state.phase is Phase.ARMED
+        assert state.handled == ("old", "spot-itn:stop:t")
+
+    def test_nothing_to_restore(self) -> None:
+        assert restore(Commitment(), self.BOOT, None, config()) == PlannerState()
