@@ -124,7 +124,10 @@ def random_fault(imds: MetadataSimulator, soak: Soak, rng: random.Random) -> Non
         soak.refusals.append((time.monotonic(), time.monotonic() + seconds + CONNECT_S))
         imds.set_fault(name, delay=seconds)
         return
-    path = TOKEN_PATH if name in ("token_timeout", "bad_token") else rng.choice(PATHS)
+    # A bad time on the spot path is a real notice with an unusable time (the agent then takes
+    # EC2's two minutes, tests/test_interruption_process.py): chaos keeps it on the other paths.
+    paths = [p for p in PATHS if p != SPOT] if name == "bad_time" else PATHS
+    path = TOKEN_PATH if name in ("token_timeout", "bad_token") else rng.choice(paths)
     value = rng.choice(list(BAD_TOKENS.values())) if name == "bad_token" else None
     delay = {"timeout": 1.0, "token_timeout": 1.0, "hang": 3.0, "drip": 5.0, "slow": 0.1}
     imds.set_fault(name, rng.randint(1, 3), delay=delay.get(name), path=path, value=value)
