@@ -386,8 +386,10 @@ def _emergency(
     elif state.emergency_reclaim_done and obs.reclaim_running is None:
         go = "reclaim-exhausted"
     if go and config.hibernate.mode == "ec2" and obs.facts is None:
-        # The facts are fetched in their own thread: wait for them while time allows.
-        if not late:
+        # The facts are fetched in their own thread (a first notice can come before them):
+        # wait for them while time allows, a late hibernation being better than none, but
+        # leave the graceful path its deadline margin.
+        if obs.wall < deadline - config.hibernate.deadline_margin:
             return state, decisions
         why = "instance facts unknown: the metadata service did not answer"
         return _graceful(state, obs, notice, why, decisions)

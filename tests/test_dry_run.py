@@ -142,7 +142,9 @@ tune_image_size = true
 """
     )
     with MetadataSimulator() as sim:
-        sim.set_notice("stop", in_seconds=90)
+        # Long enough that the honest prediction for this 8 GiB host (shrink + write at
+        # 100 MiB/s) leaves room for an emergency reclaim first.
+        sim.set_notice("stop", in_seconds=300)
         env = {**agent_env(), "SPOTGUARD_IMDS_URL": sim.url}
         argv = [sys.executable, "-m", "spotguard", "--config", str(config), "run", "--dry-run"]
         logs = run_until(argv, env, "hibernate.issued")

@@ -351,7 +351,7 @@ class TestStopNotice:
         (graceful,) = [d for d in decisions if isinstance(d, Graceful)]
         assert why in graceful.reason
 
-    def test_facts_still_coming_are_waited_for_until_the_deadline(self) -> None:
+    def test_facts_still_coming_are_waited_for_until_the_deadline_margin(self) -> None:
         n = notice(in_s=120)
         small = estimate(expected=GIB // 2)
         state, decisions = plan(
@@ -359,8 +359,10 @@ class TestStopNotice:
         )
         assert state.phase is Phase.EMERGENCY
         assert not any(isinstance(d, Hibernate | Graceful) for d in decisions)
-        late, decisions = plan(state, obs(95, events=(n,), facts=None, estimate=small), config())
-        assert late.phase is Phase.GRACEFUL
+        waiting, decisions = plan(state, obs(95, events=(n,), facts=None, estimate=small), config())
+        assert waiting.phase is Phase.EMERGENCY  # a late hibernation beats none
+        late, decisions = plan(state, obs(101, events=(n,), facts=None, estimate=small), config())
+        assert late.phase is Phase.GRACEFUL  # the graceful path keeps deadline_margin
         (graceful,) = [d for d in decisions if isinstance(d, Graceful)]
         assert "facts unknown" in graceful.reason
         _, decisions = plan(state, obs(1, events=(n,), estimate=small), config())
