@@ -20,6 +20,7 @@ from spotguard.clock import Clock
 from spotguard.config import Config
 from spotguard.estimator import Estimator, ImageEstimate
 from spotguard.events import Event, EventKind, EventStore
+from spotguard.fleet.publisher import FleetReporter
 from spotguard.image_size import ImageSizeControl
 from spotguard.imds import ImdsError
 from spotguard.metrics import Metrics
@@ -78,6 +79,7 @@ class Parts:
     webhook: WebhookLike | None = None
     metrics: Metrics = field(default_factory=Metrics)
     systemd: SystemdNotifier = field(default_factory=SystemdNotifier)
+    fleet: FleetReporter | None = None  # [fleet] event_bus: decisions to EventBridge
 
 
 class ReclaimWorker:
@@ -170,6 +172,8 @@ class Agent:
         """Stop reclaim (the v1 backend restores limits on cancel) and leave a final state."""
         self._worker.cancel()
         self._background.shutdown(wait=True, cancel_futures=False)
+        if self.parts.fleet is not None:
+            self.parts.fleet.close()
         self._write_state()
         log.info("agent.stopped", phase=self.state.phase.value)
 
@@ -272,6 +276,8 @@ class Agent:
                     if event.deadline is None
                     else round(event.deadline - self.parts.clock.wall(), 1),
                 )
+                if self.parts.fleet is not None:
+                    self.parts.fleet.notice_seen(self.facts, event)
         if failed:
             self.imds_failures += 1
             self.imds_error = failed
@@ -320,8 +326,12 @@ class Agent:
                 log.warning(
                     "hibernate.unavailable", reason=reason, notice=event.id if event else None
                 )
+                if self.parts.fleet is not None:
+                    self.parts.fleet.graceful(self.facts, event, reason)
             case Resumed(slept):
                 log.info("hibernate.resumed", slept_s=round(slept, 1))
+                if self.parts.fleet is not None:
+                    self.parts.fleet.resumed(self.facts, slept)
                 self.parts.image_size.restore()
                 log.info("agent.armed", after="resume")
                 self._hibernator = None
@@ -376,6 +386,10 @@ class Agent:
         if result.issued:
             self.parts.metrics.hibernations.labels("issued").inc()
             log.info("hibernate.issued", **fields)
+            if self.parts.fleet is not None:
+                self.parts.fleet.hibernation_issued(
+                    self.facts, event, reason, estimate, hibernator.mode
+                )
         else:
             self.parts.metrics.hibernations.labels("refused").inc()
             log.warning("hibernate.refused", reason=result.reason, code=result.error_code, **fields)
@@ -398,6 +412,8 @@ class Agent:
             stop_reason=result.stop_reason,
             stages=len(result.stages),
         )
+        if self.parts.fleet is not None:
+            self.parts.fleet.reclaim_done(self.facts, result)
 
     def _report(self) -> None:
         self._last_tick = self.parts.clock.monotonic()

@@ -14,6 +14,7 @@ from typing import Any
 from spotguard import __version__, cli_reclaim, logs, preflight, simulate
 from spotguard.assemble import build_agent
 from spotguard.config import Config, ConfigError, load
+from spotguard.fleet import cli as fleet_cli
 from spotguard.metrics import MetricsServer
 from spotguard.state import StateFile
 from spotguard.table import print_table
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
     preflight.register(commands)
     cli_reclaim.register(commands)
+    fleet_cli.register(commands)
 
     config = commands.add_parser("config", help="configuration")
     config_commands = config.add_subparsers(metavar="ACTION")

@@ -18,6 +18,7 @@ provider "aws" {
   endpoints {
     ec2    = var.endpoint
     events = var.endpoint
+    fis    = var.endpoint
     iam    = var.endpoint
     sqs    = var.endpoint
     ssm    = var.endpoint
