@@ -33,7 +33,7 @@ BATCH = 10  # PutEvents takes at most 10 entries
 
 
 def events_client(region: str, timeout_s: float) -> EventBridgeClient:
-    """An EventBridge client the standard way (AWS_ENDPOINT_URL_EVENTS, instance role apply),
+    """An EventBridge client the standard way (AWS_ENDPOINT_URL_EVENTBRIDGE, instance role apply),
     with one retry: an entry late by more than a few seconds is of no use to a drill."""
     import boto3  # noqa: PLC0415 - 20+ MiB, paid at the first decision, not while idling
     from botocore.config import Config as BotoConfig  # noqa: PLC0415
@@ -69,8 +69,9 @@ class FleetReporter:
         self._client: EventBridgeClient | None = None
         self._entries: queue.Queue[PutEventsRequestEntryTypeDef | None] = queue.Queue(queue_size)
         self._facts: InstanceFacts | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        # Started now, so a decision only ever enqueues; it sleeps until the first one.
+        self._thread = threading.Thread(target=self._send_all, name="fleet", daemon=True)
+        self._thread.start()
 
     # -- one call per decision ---------------------------------------------------------------
     def notice_seen(self, facts: InstanceFacts | None, event: Event) -> None:
@@ -133,15 +134,11 @@ class FleetReporter:
 
     def close(self, wait_s: float = 2.0) -> None:
         """Give what is queued a moment to go out (agent shutdown), then stop the sender."""
-        with self._lock:
-            thread = self._thread
-        if thread is None:
-            return
         try:
             self._entries.put(None, timeout=wait_s)
         except queue.Full:
             return
-        thread.join(wait_s)
+        self._thread.join(wait_s)
 
     # -- the queue and the sender -------------------------------------------------------------
     def _left(self, event: Event) -> float | None:
@@ -164,14 +161,6 @@ class FleetReporter:
             self._entries.put_nowait(entry)
         except queue.Full:
             log.warning("fleet.dropped", detail_type=kind.value, reason="queue full")
-            return
-        self._start()
-
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._send_all, name="fleet", daemon=True)
-                self._thread.start()
 
     def _send_all(self) -> None:
         while True:
