@@ -155,8 +155,10 @@ def _watch_and_report(
         print(f"spotguard: cannot read {args.queue}: {exc}", file=sys.stderr)
         return USAGE
     now = clock.wall()
-    document = {**report.to_json(now), "watch": {**asdict(result), "interrupted": interrupted}}
-    document["watch"].pop("last_event_at")
+    watched = {**asdict(result), "interrupted": interrupted}
+    last = watched.pop("last_event_at")  # monotonic: only the span to now means anything
+    watched["last_event_to_report_s"] = None if last is None else round(clock.monotonic() - last, 3)
+    document = {**report.to_json(now), "watch": watched}
     if args.json:
         print(json.dumps(document, indent=2))
     else:
