@@ -62,4 +62,7 @@ module "fleet" {
   spotguard_package  = var.spotguard_package
   config_toml        = var.config_toml
   user_data_template = var.user_data_template
+
+  interruption_behavior = var.interruption_behavior
+  drill_selection       = var.drill_selection
 }
