@@ -102,7 +102,7 @@ class DrillQueue:
         return ids
 
     def tapped(self, count: int, limit_s: float = 20.0) -> list[str]:
-        """`count` bodies from the tap queue (deleted there), in arrival order."""
+        """At least `count` bodies from the tap queue (deleted there), in arrival order."""
         bodies: list[str] = []
         end = time.monotonic() + limit_s
         while len(bodies) < count:
