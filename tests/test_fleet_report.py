@@ -3,14 +3,17 @@ deadline; the detail types are the ones the module's rules deploy."""
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from typing import Any
 
 import pytest
 
+from spotguard.clock import FakeClock
 from spotguard.fleet.events import EC2_SOURCE, SOURCE, BadEvent, FleetEvent, Kind, parse
 from spotguard.fleet.report import DrillReport, Outcome, percentile
+from spotguard.fleet.watch import LiveTable
 from tests.fixtures_fleet import patterns
 
 T0 = 1_800_000_000.0
@@ -207,3 +210,27 @@ def test_parse_takes_eventbridge_time_for_ec2_and_the_agents_time_for_its_own() 
 def test_parse_says_what_is_wrong(body: str, problem: str) -> None:
     with pytest.raises(BadEvent, match=problem):
         parse(body)
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_the_live_table_redraws_a_terminal_at_most_every_second() -> None:
+    clock = FakeClock(wall=T0)
+    report = DrillReport()
+    report.add(event(Kind.WARNING, T0, **{"instance-action": "stop"}))
+    terminal, pipe = _Terminal(tty=True), _Terminal(tty=False)
+    live, quiet = LiveTable(report, clock, terminal), LiveTable(report, clock, pipe)
+    for _ in range(4):  # at 0, 0.4, 0.8 and 1.2 s
+        live()
+        quiet()
+        clock.advance(0.4)
+    assert terminal.getvalue().count("\x1b[H\x1b[2J") == 2  # at 0 s and at 1.2 s
+    assert "1 warned, 0 hibernated before their deadline" in terminal.getvalue()
+    assert pipe.getvalue() == ""  # a pipe gets the final report only

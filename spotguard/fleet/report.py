@@ -8,7 +8,7 @@ and the verdicts are derived from the facts when asked, never updated step by st
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -328,7 +328,9 @@ def _order(instance: Instance) -> tuple[float, str]:
     return (math.inf if warned is None else warned, instance.instance_id)
 
 
-def _relative(base: float | None) -> Any:
+def _relative(base: float | None) -> Callable[[float | None], str]:
+    """Times as seconds after the warning, which is what a person compares."""
+
     def show(at: float | None) -> str:
         if at is None:
             return "-"
