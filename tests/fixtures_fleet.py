@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
+import structlog
 from mypy_boto3_events import EventBridgeClient
 from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 from mypy_boto3_fis import FISClient
@@ -174,3 +175,11 @@ def fleet_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoS
     monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
     return moto_server
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """`main()` configures structlog for the process (level, and the captured stderr of the
+    test): put the defaults back, or later tests log into a closed stream at level error."""
+    yield
+    structlog.reset_defaults()

@@ -88,6 +88,7 @@ def issued_by_both(drill: DrillQueue, ids: list[str], limit_s: float = 30.0) -> 
     return [k.value for k in sorted(kinds[ids[1]])]
 
 
+@pytest.mark.usefixtures("cli_logging")
 def test_two_agents_publish_and_fleet_watch_reports_both(
     fleet_env: MotoServer,
     tmp_path: Path,

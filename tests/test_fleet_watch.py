@@ -201,6 +201,7 @@ def test_drill_reports_hibernated_graceful_and_missed(
     assert f"drill {experiment['id']} started from {template}" in errors
 
 
+@pytest.mark.usefixtures("cli_logging")
 def test_watch_table_summary_and_exit_code_when_all_hibernate(
     fleet_env: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -257,6 +258,7 @@ def test_watch_table_summary_and_exit_code_when_all_hibernate(
     assert "Messages" not in drill.sqs.receive_message(QueueUrl=drill.url, WaitTimeSeconds=0)
 
 
+@pytest.mark.usefixtures("cli_logging")
 def test_watch_times_out_unsettled_with_a_pending_instance(
     fleet_env: MotoServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -278,6 +280,7 @@ def test_watch_times_out_unsettled_with_a_pending_instance(
     assert report["instances"][0]["outcome"] == "pending"
 
 
+@pytest.mark.usefixtures("cli_logging")
 def test_drill_refuses_a_template_without_the_spot_action(
     fleet_env: MotoServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
