@@ -21,7 +21,13 @@ from tests.fixtures_aws import MotoServer
 from tests.fixtures_fleet import make_drill_queue
 
 FACTS = InstanceFacts("i-0123456789abcdef0", "us-east-1", "spot", True)
-NOTICE = Event(EventKind.SPOT_INTERRUPTION, "spot-1", "stop", deadline=time.time() + 120)
+
+
+def notice() -> Event:
+    """A notice as the metadata service gives it: two minutes from now."""
+    return Event(EventKind.SPOT_INTERRUPTION, "spot-1", "stop", deadline=time.time() + 120)
+
+
 ESTIMATE = ImageEstimate(
     saveable_bytes=900 << 20,
     floor_bytes=250 << 20,
@@ -37,10 +43,11 @@ ESTIMATE = ImageEstimate(
 def test_every_decision_reaches_the_fleet_queue(fleet_env: MotoServer) -> None:
     drill = make_drill_queue(fleet_env, [FACTS.instance_id])
     reporter = FleetReporter("default", clock=SystemClock(), fixed_overhead_s=10.0)
-    reporter.notice_seen(FACTS, NOTICE)
+    spot = notice()
+    reporter.notice_seen(FACTS, spot)
     reporter.reclaim_done(FACTS, ReclaimResult(Intensity.EMERGENCY, 1 << 30, 2.345, "target"))
-    reporter.hibernation_issued(FACTS, NOTICE, "image-small", ESTIMATE, "ec2")
-    reporter.graceful(None, NOTICE, "hibernation refused: nope")  # facts dropped: id remembered
+    reporter.hibernation_issued(FACTS, spot, "image-small", ESTIMATE, "ec2")
+    reporter.graceful(None, spot, "hibernation refused: nope")  # facts dropped: id remembered
     reporter.resumed(None, 901.26)
     reporter.close()
     events = {e.kind: e for e in (parse(body) for body in drill.tapped(5))}
@@ -56,7 +63,7 @@ def test_every_decision_reaches_the_fleet_queue(fleet_env: MotoServer) -> None:
     assert (seen["kind"], seen["action"], seen["deadline"]) == (
         "spot-interruption",
         "stop",
-        NOTICE.deadline,
+        spot.deadline,
     )
     assert 100 < seen["seconds_left"] <= 120
     reclaim = events[Kind.RECLAIM_DONE].detail
@@ -105,7 +112,7 @@ def test_a_hanging_bus_delays_nothing_and_drops_with_a_log_line(
     )
     with capture_logs() as logs:
         for _ in range(6):
-            reporter.notice_seen(FACTS, NOTICE)
+            reporter.notice_seen(FACTS, notice())
         # Every call has returned while the sender still waits on the first request (two
         # tries of 1.5 s): the calls never wait for the bus. What did not fit is dropped.
         events = [entry["event"] for entry in logs]
