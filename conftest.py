@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures_guest",
     "tests.hypothesis_profiles",
     "tests.fixtures_agent",
+    "tests.fixtures_fleet",
 ]

@@ -127,7 +127,7 @@ else
     if check "terraform init + validate (examples/test-fleet)" init_validate "$example" &&
         check "moto server on 127.0.0.1" start_moto &&
         check "terraform apply examples/test-fleet against moto ($fleet_size instances)" fleet apply; then
-        check "boto3 check_fleet.py: instances and their launch template" check_fleet
+        check "boto3 check_fleet.py: instances, launch template, drill template, rules, roles" check_fleet
         check "terraform destroy examples/test-fleet" fleet destroy
         check "provider requests went only to 127.0.0.1" \
             only_local_requests "$work"/apply-debug.log "$work"/destroy-debug.log

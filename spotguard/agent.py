@@ -26,6 +26,7 @@ from spotguard.clock import Clock
 from spotguard.config import Config
 from spotguard.estimator import Estimator, ImageEstimate
 from spotguard.events import Change, Event, EventKind, EventStore
+from spotguard.fleet.publisher import FleetReporter
 from spotguard.image_size import ImageSizeControl
 from spotguard.metrics import Metrics
 from spotguard.monitors import HIBERNATION_UNKNOWN, InstanceFacts, Monitor
@@ -94,6 +95,7 @@ class Parts:
     webhook: WebhookLike | None = None
     metrics: Metrics = field(default_factory=Metrics)
     systemd: SystemdNotifier = field(default_factory=SystemdNotifier)
+    fleet: FleetReporter | None = None  # [fleet] event_bus: decisions to EventBridge
 
 
 class Background:
@@ -270,6 +272,8 @@ class Agent:
         self.cadence.stop()
         self._worker.cancel(max(ends - time.monotonic(), 0.1))
         self._background.join(ends)
+        if self.parts.fleet is not None:
+            self.parts.fleet.close(max(ends - time.monotonic(), 0.0))
         self._write_state()
         log.info("agent.stopped", phase=self.state.phase.value)
 
@@ -371,6 +375,8 @@ class Agent:
             deadline=_iso(event.deadline),
             seconds_left=self._seconds_left(event),
         )
+        if self.parts.fleet is not None:
+            self.parts.fleet.notice_seen(self.facts, event)
 
     def _log_change(self, change: Change) -> None:
         log.info(
@@ -456,6 +462,8 @@ class Agent:
                 log.warning(
                     "hibernate.unavailable", reason=reason, notice=event.id if event else None
                 )
+                if self.parts.fleet is not None:
+                    self.parts.fleet.graceful(self.facts, event, reason)
             case AtRisk(event, predicted_s, seconds_left):
                 log.warning(
                     "hibernate.at_risk",
@@ -474,6 +482,8 @@ class Agent:
                 )
             case Resumed(slept):
                 log.info("hibernate.resumed", slept_s=round(slept, 1))
+                if self.parts.fleet is not None:
+                    self.parts.fleet.resumed(self.facts, slept)
                 self.store.new_life()
                 self.cadence.want_facts()
                 self._hibernator = None
@@ -547,6 +557,10 @@ class Agent:
         if result.issued:
             self.parts.metrics.hibernations.labels("issued").inc()
             log.info("hibernate.issued", **fields)
+            if self.parts.fleet is not None:
+                self.parts.fleet.hibernation_issued(
+                    self.facts, event, reason, estimate, hibernator.mode
+                )
         else:
             self.parts.metrics.hibernations.labels("refused").inc()
             log.warning("hibernate.refused", reason=result.reason, code=result.error_code, **fields)
@@ -594,6 +608,8 @@ class Agent:
             stop_reason=result.stop_reason,
             stages=len(result.stages),
         )
+        if self.parts.fleet is not None:
+            self.parts.fleet.reclaim_done(self.facts, result)
 
     def _report(self) -> None:
         self._last_tick = self.parts.clock.monotonic()

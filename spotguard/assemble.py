@@ -15,6 +15,7 @@ from spotguard.clock import Clock, SystemClock
 from spotguard.config import Config
 from spotguard.dry_run import DryHibernator, DryHookRunner, DryImageSize, DryReclaimer, DryWebhook
 from spotguard.estimator import ImageEstimator
+from spotguard.fleet.publisher import FleetReporter
 from spotguard.hooks import HookRunner
 from spotguard.hostfs import HostFS
 from spotguard.hostlock import AGENT, HostLock
@@ -181,5 +182,21 @@ def build_agent(
         state_file=StateFile(config.agent.state_file),
         image_size=acting.image_size,
         webhook=acting.webhook,
+        fleet=None if dry_run else fleet_reporter(config, clock),
     )
     return Agent(config, parts)
+
+
+def fleet_reporter(config: Config, clock: Clock) -> FleetReporter | None:
+    """Only with `[fleet] event_bus` set: publishing decisions is opt-in."""
+    fleet = config.fleet
+    if not fleet.event_bus:
+        return None
+    return FleetReporter(
+        fleet.event_bus,
+        clock=clock,
+        fixed_overhead_s=config.hibernate.fixed_overhead,
+        region=fleet.region or config.hibernate.region,
+        queue_size=fleet.queue_size,
+        timeout_s=fleet.timeout,
+    )

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from spotguard import __version__, cli_reclaim, logs, preflight, simulate, status
 from spotguard.assemble import build_agent
 from spotguard.config import Config, ConfigError, load
+from spotguard.fleet import cli as fleet_cli
 from spotguard.metrics import MetricsServer
 
 
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     preflight.register(commands)
     cli_reclaim.register(commands)
+    fleet_cli.register(commands)
 
     config = commands.add_parser("config", help="configuration")
     config_commands = config.add_subparsers(metavar="ACTION")

@@ -185,12 +185,33 @@ class HibernateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    """Opt-in fleet drills: the agent's decisions as events on an EventBridge bus."""
+
+    event_bus: str = ""  # "": off; a bus name ("default") or ARN
+    region: str = ""  # "": the instance's region
+    queue_size: int = 100  # decisions waiting to be sent; beyond, dropped with a log line
+    timeout: Seconds = Seconds(2.0)  # per PutEvents try (two tries)
+
+    def validate(self) -> None:
+        bus = self.event_bus
+        _check(
+            len(bus) <= 1600 and not any(c.isspace() for c in bus),
+            "fleet.event_bus",
+            'must be empty (off), a bus name such as "default" or a bus ARN',
+        )
+        _check(1 <= self.queue_size <= 10000, "fleet.queue_size", "must be 1..10000")
+        _check(0 < self.timeout <= 30, "fleet.timeout", "must be > 0 and <= 30 s")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     imds: ImdsConfig = field(default_factory=ImdsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
     reclaim: ReclaimConfig = field(default_factory=ReclaimConfig)
     hibernate: HibernateConfig = field(default_factory=HibernateConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def validate(self) -> Config:
         for section in dataclasses.fields(self):

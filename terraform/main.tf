@@ -11,6 +11,10 @@
 
 data "aws_partition" "current" {}
 
+data "aws_region" "current" {}
+
+data "aws_caller_identity" "current" {}
+
 # Skipped when memory_mib is given, so tests and local endpoints need no DescribeInstanceTypes.
 data "aws_ec2_instance_type" "this" {
   count         = var.memory_mib == null ? 1 : 0
@@ -39,19 +43,35 @@ locals {
     hibernate_mode   = var.hibernate_mode
     imds_url         = var.imds_url
     swap_mb          = local.swap_mb
-    config_toml      = var.config_toml
+    config_toml      = local.config_toml
   })
 
   tags = merge(var.tags, { "spotguard:fleet" = var.name })
 
-  # EventBridge detail-type => short name used in resource names.
-  ec2_events = {
-    interruption = "EC2 Spot Instance Interruption Warning"
-    rebalance    = "EC2 Instance Rebalance Recommendation"
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+  account_id = data.aws_caller_identity.current.account_id
+
+  # Drills: the agents report their decisions to the account's default bus, where EC2's own
+  # events arrive too, so one set of rules carries both to the queue.
+  event_bus_arn = "arn:${local.partition}:events:${local.region}:${local.account_id}:event-bus/default"
+  config_toml = var.drills ? join("\n", [
+    "[fleet]",
+    "event_bus = \"default\"",
+    var.config_toml,
+  ]) : var.config_toml
+
+  # The one source of the rule patterns: spotguard's tests match events against this file too.
+  # Each rule is narrowed to the fleet's instances. Without drills, only EC2's notices.
+  event_patterns = jsondecode(file("${path.module}/event-patterns.json"))
+  event_rules = {
+    for name, pattern in local.event_patterns : name => merge(pattern, {
+      detail = merge(try(pattern.detail, {}), { "instance-id" = aws_instance.fleet[*].id })
+    }) if var.drills || contains(["interruption", "rebalance"], name)
   }
 }
 
-# --- Instance identity: stop (hibernate) itself, describe instances, nothing more. ---
+# --- Instance identity: stop (hibernate) itself and, with drills, report to the bus. ---
 
 resource "aws_iam_role" "agent" {
   name        = "${var.name}-agent"
@@ -75,7 +95,7 @@ resource "aws_iam_role_policy" "agent" {
   # stops itself (the pattern of AWS's own managed policy AWSEC2VssSnapshotPolicy).
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [
+    Statement = concat([
       {
         Sid      = "StopOnlyItself"
         Effect   = "Allow"
@@ -83,18 +103,20 @@ resource "aws_iam_role_policy" "agent" {
         Resource = "arn:${data.aws_partition.current.partition}:ec2:*:*:instance/*"
         Condition = {
           ArnLike = {
-            "ec2:SourceInstanceARN" = "arn:${data.aws_partition.current.partition}:ec2:*:*:instance/$${ec2:InstanceId}"
+            "ec2:SourceInstanceARN" = "arn:${local.partition}:ec2:*:*:instance/$${ec2:InstanceId}"
           }
         }
       },
-      {
-        # DescribeInstances has no resource-level permissions: "*" is the only resource.
-        Sid      = "DescribeInstances"
-        Effect   = "Allow"
-        Action   = "ec2:DescribeInstances"
-        Resource = "*"
-      },
-    ]
+      # spotguard calls nothing else: no DescribeInstances (the metadata service tells it
+      # everything about its own instance). With drills it publishes its decisions, as source
+      # "spotguard" only, on the default bus only.
+      ], var.drills ? [{
+        Sid       = "PublishDecisions"
+        Effect    = "Allow"
+        Action    = "events:PutEvents"
+        Resource  = local.event_bus_arn
+        Condition = { StringEquals = { "events:source" = "spotguard" } }
+    }] : [])
   })
 }
 
@@ -227,25 +249,32 @@ resource "aws_sqs_queue" "ec2_events" {
   tags                      = local.tags
 }
 
-resource "aws_cloudwatch_event_rule" "ec2" {
-  for_each = local.ec2_events
+resource "aws_cloudwatch_event_rule" "fleet" {
+  for_each = local.event_rules
 
-  name        = "${var.name}-${each.key}"
-  description = "${each.value} for the ${var.name} fleet"
-  event_pattern = jsonencode({
-    source        = ["aws.ec2"]
-    "detail-type" = [each.value]
-    detail        = { "instance-id" = aws_instance.fleet[*].id }
-  })
-  tags = local.tags
+  name          = "${var.name}-${each.key}"
+  description   = "${join(", ", each.value["detail-type"])} of the ${var.name} fleet"
+  event_pattern = jsonencode(each.value)
+  tags          = local.tags
 }
 
-resource "aws_cloudwatch_event_target" "ec2" {
-  for_each = aws_cloudwatch_event_rule.ec2
+resource "aws_cloudwatch_event_target" "fleet" {
+  for_each = aws_cloudwatch_event_rule.fleet
 
   rule      = each.value.name
   target_id = "sqs"
   arn       = aws_sqs_queue.ec2_events.arn
+}
+
+# Before drills the rules carried EC2's two notices only, under another name.
+moved {
+  from = aws_cloudwatch_event_rule.ec2
+  to   = aws_cloudwatch_event_rule.fleet
+}
+
+moved {
+  from = aws_cloudwatch_event_target.ec2
+  to   = aws_cloudwatch_event_target.fleet
 }
 
 resource "aws_sqs_queue_policy" "ec2_events" {
@@ -259,8 +288,98 @@ resource "aws_sqs_queue_policy" "ec2_events" {
       Action    = "sqs:SendMessage"
       Resource  = aws_sqs_queue.ec2_events.arn
       Condition = {
-        ArnEquals = { "aws:SourceArn" = [for rule in aws_cloudwatch_event_rule.ec2 : rule.arn] }
+        ArnEquals = { "aws:SourceArn" = [for rule in aws_cloudwatch_event_rule.fleet : rule.arn] }
       }
     }]
   })
+}
+
+# --- Drills: AWS FIS sends real spot interruptions to the fleet's tagged instances. ---
+
+resource "aws_iam_role" "fis" {
+  count = var.drills ? 1 : 0
+
+  name        = "${var.name}-fis"
+  description = "AWS FIS drills of the ${var.name} fleet: interrupts its spot instances only."
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Action    = "sts:AssumeRole"
+      Principal = { Service = "fis.amazonaws.com" }
+      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
+    }]
+  })
+  tags = local.tags
+}
+
+resource "aws_iam_role_policy" "fis" {
+  count = var.drills ? 1 : 0
+
+  name = "interrupt-only-this-fleet"
+  role = aws_iam_role.fis[0].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "InterruptOnlyThisFleet"
+        Effect    = "Allow"
+        Action    = "ec2:SendSpotInstanceInterruptions"
+        Resource  = "arn:${local.partition}:ec2:${local.region}:${local.account_id}:instance/*"
+        Condition = { StringEquals = { "aws:ResourceTag/spotguard:fleet" = var.name } }
+      },
+      {
+        # FIS resolves the tag target with it; it has no resource-level permissions.
+        Sid      = "ResolveTargets"
+        Effect   = "Allow"
+        Action   = "ec2:DescribeInstances"
+        Resource = "*"
+      },
+    ]
+  })
+}
+
+resource "aws_fis_experiment_template" "drill" {
+  count = var.drills ? 1 : 0
+
+  description = "spotguard ${var.name}: interrupt ${var.drill_selection} of the fleet's running spot instances, ${var.drill_duration_before_interruption} ahead"
+  role_arn    = aws_iam_role.fis[0].arn
+
+  stop_condition {
+    source = var.drill_stop_alarm_arn == null ? "none" : "aws:cloudwatch:alarm"
+    value  = var.drill_stop_alarm_arn
+  }
+
+  action {
+    name      = "interrupt"
+    action_id = "aws:ec2:send-spot-instance-interruptions"
+
+    parameter {
+      key   = "durationBeforeInterruption"
+      value = var.drill_duration_before_interruption
+    }
+
+    target {
+      key   = "SpotInstances"
+      value = "fleet"
+    }
+  }
+
+  target {
+    name           = "fleet"
+    resource_type  = "aws:ec2:spot-instance"
+    selection_mode = var.drill_selection
+
+    resource_tag {
+      key   = "spotguard:fleet"
+      value = var.name
+    }
+
+    filter {
+      path   = "State.Name"
+      values = ["running"]
+    }
+  }
+
+  tags = merge(local.tags, { Name = "${var.name}-drill" })
 }

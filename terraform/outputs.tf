@@ -14,7 +14,7 @@ output "launch_template_version" {
 }
 
 output "queue_url" {
-  description = "URL of the SQS queue receiving the fleet's interruption warnings and rebalance recommendations."
+  description = "URL of the SQS queue receiving the fleet's interruption warnings and rebalance recommendations (with drills also its state changes and spotguard's decisions): `spotguard fleet watch --queue`."
   value       = aws_sqs_queue.ec2_events.id
 }
 
@@ -24,7 +24,7 @@ output "queue_arn" {
 }
 
 output "role_arn" {
-  description = "ARN of the agent's IAM role (stop itself, describe instances)."
+  description = "ARN of the agent's IAM role (stop itself; with drills, publish its decisions)."
   value       = aws_iam_role.agent.arn
 }
 
@@ -46,4 +46,14 @@ output "root_volume_gib" {
 output "swap_mb" {
   description = "Swap file size in MiB handed to cloud-init for the hibernation image."
   value       = local.swap_mb
+}
+
+output "drill_template_id" {
+  description = "ID of the AWS FIS experiment template that interrupts the fleet: `spotguard fleet drill --template`. null without drills."
+  value       = one(aws_fis_experiment_template.drill[*].id)
+}
+
+output "drill_role_arn" {
+  description = "ARN of the role FIS assumes for a drill. null without drills."
+  value       = one(aws_iam_role.fis[*].arn)
 }

@@ -228,3 +228,42 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "drills" {
+  description = "Make the fleet drillable: an AWS FIS experiment template (and its role) that interrupts the fleet's spot instances, EventBridge rules carrying EC2's state changes and spotguard's own decisions to the queue, and the agents' permission and setting to publish them. false: only the fleet and EC2's notices in the queue."
+  type        = bool
+  default     = true
+}
+
+variable "drill_selection" {
+  description = "Which of the fleet's running spot instances a drill interrupts: ALL, COUNT(n) or PERCENT(p) (FIS selection mode)."
+  type        = string
+  default     = "ALL"
+
+  validation {
+    condition     = can(regex("^(ALL|COUNT\\([1-9][0-9]*\\)|PERCENT\\(([1-9][0-9]?|100)\\))$", var.drill_selection))
+    error_message = "drill_selection must be ALL, COUNT(n) with n >= 1, or PERCENT(p) with p from 1 to 100."
+  }
+}
+
+variable "drill_duration_before_interruption" {
+  description = "FIS durationBeforeInterruption: how long before the interruption the warning comes (instances that stop or terminate); PT2M to PT15M. Instances that hibernate on interruption start hibernating at once."
+  type        = string
+  default     = "PT2M"
+
+  validation {
+    condition     = can(regex("^PT([2-9]|1[0-5])M$", var.drill_duration_before_interruption))
+    error_message = "drill_duration_before_interruption must be a whole number of minutes from PT2M to PT15M."
+  }
+}
+
+variable "drill_stop_alarm_arn" {
+  description = "ARN of a CloudWatch alarm that stops a running drill when it fires. null: no stop condition."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.drill_stop_alarm_arn == null || can(regex("^arn:aws[a-z-]*:cloudwatch:[a-z0-9-]+:[0-9]{12}:alarm:.+$", var.drill_stop_alarm_arn))
+    error_message = "drill_stop_alarm_arn must be null or a CloudWatch alarm ARN."
+  }
+}

@@ -154,7 +154,7 @@ def test_bad_config_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_config_show_prints_every_section(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "show", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert set(shown) == {"imds", "agent", "idle", "reclaim", "hibernate"}
+    assert set(shown) == {"imds", "agent", "idle", "reclaim", "hibernate", "fleet"}
     assert shown["reclaim"]["backend"] == "v2"  # the environment override
 
 

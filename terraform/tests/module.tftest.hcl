@@ -4,6 +4,12 @@ mock_provider "aws" {
   mock_data "aws_partition" {
     defaults = { partition = "aws" }
   }
+  mock_data "aws_region" {
+    defaults = { name = "us-east-1" }
+  }
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
   mock_data "aws_ec2_instance_type" {
     defaults = { memory_size = 16384, hibernation_supported = true }
   }
@@ -25,6 +31,9 @@ mock_provider "aws" {
   }
   mock_resource "aws_cloudwatch_event_rule" {
     defaults = { arn = "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci" }
+  }
+  mock_resource "aws_fis_experiment_template" {
+    defaults = { id = "EXT1a2b3c4d5e6f7" }
   }
 }
 
@@ -164,8 +173,19 @@ run "agent_may_stop_only_its_own_instance" {
     error_message = "StopInstances must be allowed only where the caller's instance is the target."
   }
   assert {
-    condition     = [for s in jsondecode(aws_iam_role_policy.agent.policy).Statement : s.Action] == ["ec2:StopInstances", "ec2:DescribeInstances"]
-    error_message = "The agent's role must allow StopInstances and DescribeInstances and nothing else."
+    # spotguard never calls DescribeInstances: the metadata service describes its instance.
+    condition     = [for s in jsondecode(aws_iam_role_policy.agent.policy).Statement : s.Action] == ["ec2:StopInstances", "events:PutEvents"]
+    error_message = "The agent's role must allow StopInstances and (drills) PutEvents and nothing else."
+  }
+  assert {
+    condition = jsondecode(aws_iam_role_policy.agent.policy).Statement[1] == {
+      Sid       = "PublishDecisions"
+      Effect    = "Allow"
+      Action    = "events:PutEvents"
+      Resource  = "arn:aws:events:us-east-1:123456789012:event-bus/default"
+      Condition = { StringEquals = { "events:source" = "spotguard" } }
+    }
+    error_message = "PutEvents must be allowed on the default bus only, as source spotguard only."
   }
   assert {
     condition     = jsondecode(aws_iam_role.agent.assume_role_policy).Statement[0].Principal.Service == "ec2.amazonaws.com"
@@ -183,17 +203,25 @@ run "events_reach_an_encrypted_queue_only_from_the_fleet_rules" {
   state_key = "events"
 
   override_resource {
-    target = aws_cloudwatch_event_rule.ec2["interruption"]
+    target = aws_cloudwatch_event_rule.fleet["interruption"]
     values = { arn = "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-interruption" }
   }
   override_resource {
-    target = aws_cloudwatch_event_rule.ec2["rebalance"]
+    target = aws_cloudwatch_event_rule.fleet["rebalance"]
     values = { arn = "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-rebalance" }
+  }
+  override_resource {
+    target = aws_cloudwatch_event_rule.fleet["state-change"]
+    values = { arn = "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-state-change" }
+  }
+  override_resource {
+    target = aws_cloudwatch_event_rule.fleet["spotguard"]
+    values = { arn = "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-spotguard" }
   }
 
   assert {
     condition = {
-      for k, r in aws_cloudwatch_event_rule.ec2 : k => jsondecode(r.event_pattern)
+      for k, r in aws_cloudwatch_event_rule.fleet : k => jsondecode(r.event_pattern)
       } == {
       interruption = {
         source        = ["aws.ec2"]
@@ -205,12 +233,31 @@ run "events_reach_an_encrypted_queue_only_from_the_fleet_rules" {
         "detail-type" = ["EC2 Instance Rebalance Recommendation"]
         detail        = { "instance-id" = aws_instance.fleet[*].id }
       }
+      state-change = {
+        source        = ["aws.ec2"]
+        "detail-type" = ["EC2 Instance State-change Notification"]
+        detail = {
+          state         = ["pending", "running", "stopping", "stopped"]
+          "instance-id" = aws_instance.fleet[*].id
+        }
+      }
+      spotguard = {
+        source = ["spotguard"]
+        "detail-type" = [
+          "spotguard Notice Seen",
+          "spotguard Reclaim Done",
+          "spotguard Hibernation Issued",
+          "spotguard Graceful Path",
+          "spotguard Resumed",
+        ]
+        detail = { "instance-id" = aws_instance.fleet[*].id }
+      }
     }
-    error_message = "There must be one rule per EC2 notice, matching the fleet's instances."
+    error_message = "The rules must carry EC2's notices and state changes and spotguard's decisions of the fleet's instances."
   }
   assert {
-    condition     = alltrue([for t in aws_cloudwatch_event_target.ec2 : t.arn == aws_sqs_queue.ec2_events.arn])
-    error_message = "Both rules must deliver to the queue."
+    condition     = alltrue([for t in aws_cloudwatch_event_target.fleet : t.arn == aws_sqs_queue.ec2_events.arn]) && length(aws_cloudwatch_event_target.fleet) == 4
+    error_message = "Every rule must deliver to the queue."
   }
   assert {
     condition     = aws_sqs_queue.ec2_events.sqs_managed_sse_enabled
@@ -228,11 +275,141 @@ run "events_reach_an_encrypted_queue_only_from_the_fleet_rules" {
           "aws:SourceArn" = [
             "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-interruption",
             "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-rebalance",
+            "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-spotguard",
+            "arn:aws:events:us-east-1:123456789012:rule/spotguard-ci-state-change",
           ]
         }
       }
     }
-    error_message = "Only the fleet's two rules may send to the queue."
+    error_message = "Only the fleet's rules may send to the queue."
+  }
+}
+
+run "drill_interrupts_the_tagged_fleet_only" {
+  command   = apply
+  state_key = "drill"
+
+  variables {
+    drill_selection                    = "COUNT(2)"
+    drill_duration_before_interruption = "PT5M"
+  }
+
+  assert {
+    condition = [for a in aws_fis_experiment_template.drill[0].action : {
+      action_id  = a.action_id
+      parameters = { for p in a.parameter : p.key => p.value }
+      targets    = { for t in a.target : t.key => t.value }
+      }] == [{
+      action_id  = "aws:ec2:send-spot-instance-interruptions"
+      parameters = { durationBeforeInterruption = "PT5M" }
+      targets    = { SpotInstances = "fleet" }
+    }]
+    error_message = "The one action must send spot interruptions, durationBeforeInterruption ahead, to the fleet target."
+  }
+  assert {
+    condition = [for t in aws_fis_experiment_template.drill[0].target : {
+      name           = t.name
+      resource_type  = t.resource_type
+      selection_mode = t.selection_mode
+      tags           = { for tag in t.resource_tag : tag.key => tag.value }
+      by_arn         = length(coalesce(t.resource_arns, [])) > 0
+      filters        = { for f in t.filter : f.path => f.values }
+      }] == [{
+      name           = "fleet"
+      resource_type  = "aws:ec2:spot-instance"
+      selection_mode = "COUNT(2)"
+      tags           = { "spotguard:fleet" = "spotguard-ci" }
+      by_arn         = false
+      filters        = { "State.Name" = toset(["running"]) }
+    }]
+    error_message = "The target must be the fleet's spot instances, by tag, with the selection mode asked for."
+  }
+  assert {
+    condition     = [for c in aws_fis_experiment_template.drill[0].stop_condition : c.source] == ["none"]
+    error_message = "Without an alarm the drill must have no stop condition."
+  }
+  assert {
+    condition     = aws_fis_experiment_template.drill[0].role_arn == aws_iam_role.fis[0].arn
+    error_message = "The drill must run as its own role."
+  }
+  assert {
+    condition = jsondecode(aws_iam_role.fis[0].assume_role_policy).Statement == [{
+      Effect    = "Allow"
+      Action    = "sts:AssumeRole"
+      Principal = { Service = "fis.amazonaws.com" }
+      Condition = { StringEquals = { "aws:SourceAccount" = "123456789012" } }
+    }]
+    error_message = "Only FIS, for this account, may assume the drill role."
+  }
+  assert {
+    condition = jsondecode(aws_iam_role_policy.fis[0].policy).Statement == [
+      {
+        Sid       = "InterruptOnlyThisFleet"
+        Effect    = "Allow"
+        Action    = "ec2:SendSpotInstanceInterruptions"
+        Resource  = "arn:aws:ec2:us-east-1:123456789012:instance/*"
+        Condition = { StringEquals = { "aws:ResourceTag/spotguard:fleet" = "spotguard-ci" } }
+      },
+      {
+        Sid      = "ResolveTargets"
+        Effect   = "Allow"
+        Action   = "ec2:DescribeInstances"
+        Resource = "*"
+      },
+    ]
+    error_message = "The drill role may interrupt only the fleet's instances, and describe instances."
+  }
+  assert {
+    condition     = output.drill_template_id == "EXT1a2b3c4d5e6f7" && startswith(output.queue_url, "https://sqs.")
+    error_message = "The template id and the queue URL must be outputs."
+  }
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.fleet.user_data), "event_bus = \"default\"")
+    error_message = "With drills the agents must be told to publish to the default bus."
+  }
+}
+
+run "drill_stops_on_the_alarm_given" {
+  command = plan
+
+  variables {
+    drill_stop_alarm_arn = "arn:aws:cloudwatch:us-east-1:123456789012:alarm:fleet-errors"
+  }
+
+  assert {
+    condition = [for c in aws_fis_experiment_template.drill[0].stop_condition : c] == [{
+      source = "aws:cloudwatch:alarm"
+      value  = "arn:aws:cloudwatch:us-east-1:123456789012:alarm:fleet-errors"
+    }]
+    error_message = "The alarm must be the drill's stop condition."
+  }
+}
+
+run "without_drills_only_the_fleet_and_its_notices" {
+  command = plan
+
+  variables {
+    drills = false
+  }
+
+  assert {
+    condition = (
+      length(aws_fis_experiment_template.drill) == 0 && length(aws_iam_role.fis) == 0 &&
+      toset(keys(aws_cloudwatch_event_rule.fleet)) == toset(["interruption", "rebalance"])
+    )
+    error_message = "drills = false must leave out the template, its role and the extra rules."
+  }
+  assert {
+    condition     = [for s in jsondecode(aws_iam_role_policy.agent.policy).Statement : s.Action] == ["ec2:StopInstances"]
+    error_message = "Without drills the agent may only stop itself."
+  }
+  assert {
+    condition     = !strcontains(base64decode(aws_launch_template.fleet.user_data), "[fleet]")
+    error_message = "Without drills the agents must not publish."
+  }
+  assert {
+    condition     = output.drill_template_id == null
+    error_message = "Without drills there is no template id."
   }
 }
 
@@ -351,12 +528,15 @@ run "rejects_bad_inputs" {
   command = plan
 
   variables {
-    name               = "sg-fleet"
-    instance_count     = 0
-    hibernate_mode     = "suspend"
-    egress_cidr_blocks = ["not-a-cidr"]
-    spotguard_lock     = "spotguard\n--index-url http://elsewhere"
-    spotguard_source   = "spotguard==0.1.0"
+    name                               = "sg-fleet"
+    instance_count                     = 0
+    hibernate_mode                     = "suspend"
+    egress_cidr_blocks                 = ["not-a-cidr"]
+    spotguard_lock                     = "spotguard\n--index-url http://elsewhere"
+    spotguard_source                   = "spotguard==0.1.0"
+    drill_selection                    = "PERCENT(0)"
+    drill_duration_before_interruption = "PT1M"
+    drill_stop_alarm_arn               = "my-alarm"
   }
 
   expect_failures = [
@@ -366,5 +546,8 @@ run "rejects_bad_inputs" {
     var.egress_cidr_blocks,
     var.spotguard_lock,
     var.spotguard_source,
+    var.drill_selection,
+    var.drill_duration_before_interruption,
+    var.drill_stop_alarm_arn,
   ]
 }

@@ -18,6 +18,7 @@ provider "aws" {
   endpoints {
     ec2    = var.endpoint
     events = var.endpoint
+    fis    = var.endpoint
     iam    = var.endpoint
     sqs    = var.endpoint
     ssm    = var.endpoint
@@ -62,4 +63,7 @@ module "fleet" {
   spotguard_source   = var.spotguard_source
   config_toml        = var.config_toml
   user_data_template = var.user_data_template
+
+  interruption_behavior = var.interruption_behavior
+  drill_selection       = var.drill_selection
 }

@@ -67,3 +67,15 @@ variable "user_data_template" {
   type        = string
   default     = null
 }
+
+variable "interruption_behavior" {
+  description = "hibernate (EC2 hibernates at once, no warning ahead) or stop (the warning comes durationBeforeInterruption ahead: drills spotguard's own hibernation)."
+  type        = string
+  default     = "hibernate"
+}
+
+variable "drill_selection" {
+  description = "Which instances a drill interrupts: ALL, COUNT(n) or PERCENT(p)."
+  type        = string
+  default     = "ALL"
+}
