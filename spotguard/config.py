@@ -190,8 +190,9 @@ class FleetConfig:
 
     event_bus: str = ""  # "": off; a bus name ("default") or ARN
     region: str = ""  # "": the instance's region
-    queue_size: int = 100  # decisions waiting to be sent; beyond, dropped with a log line
-    timeout: Seconds = Seconds(2.0)  # per PutEvents try (two tries)
+    # decisions waiting to be sent; beyond, dropped with a log line
+    queue_size: int = ranged(100, 1, 10000)
+    timeout: Seconds = ranged(Seconds(2.0), 0.01, 30, " s")  # per PutEvents try (two tries)
 
     def validate(self) -> None:
         bus = self.event_bus
@@ -200,8 +201,6 @@ class FleetConfig:
             "fleet.event_bus",
             'must be empty (off), a bus name such as "default" or a bus ARN',
         )
-        _check(1 <= self.queue_size <= 10000, "fleet.queue_size", "must be 1..10000")
-        _check(0 < self.timeout <= 30, "fleet.timeout", "must be > 0 and <= 30 s")
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,6 +278,9 @@ SPECIAL: dict[str, st.SearchStrategy[Any]] = {
     "backend": st.sampled_from(["auto", "v2", "swap.reclaim", "v1", "drop_caches"]),
     "mode": st.sampled_from(["ec2", "local", "none"]),
     "local_command": st.lists(NAME, min_size=1, max_size=3).map(tuple),
+    "event_bus": st.sampled_from(
+        ["", "default", "arn:aws:events:us-east-1:123456789012:event-bus/x"]
+    ),
 }
 
 
