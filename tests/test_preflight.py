@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from spotguard.cli import main
 from spotguard.hostlock import HostLock
@@ -24,13 +22,6 @@ from tests.fixtures_aws import MotoServer
 from tests.test_owner import dead_owner
 from tests.test_reclaim_journal import leave
 from tests.test_trigger import launch, recorded_stops
-
-
-@pytest.fixture(autouse=True)
-def _logging_back() -> Iterator[None]:
-    """`main` points structlog at this test's captured stderr; later tests must not log there."""
-    yield
-    structlog.reset_defaults()
 
 
 @pytest.fixture
