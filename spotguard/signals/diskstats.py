@@ -13,6 +13,7 @@ import re
 from spotguard.hostfs import HostFS
 from spotguard.kernelnum import counter
 from spotguard.signals.procfile import ProcFile
+from spotguard.signals.rate import CounterRate
 
 SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's block size
 _NAME, _READ, _WRITTEN = 2, 5, 9
@@ -25,23 +26,11 @@ class DiskThroughput:
     def __init__(self, fs: HostFS) -> None:
         self._fs = fs
         self._file = ProcFile(fs.path("/proc/diskstats"))
-        self._previous: tuple[float, dict[str, int]] | None = None
+        self._rate = CounterRate()
 
     def read(self, monotonic_now: float) -> float | None:
         """None on the first read, when the file is missing, or when no time has passed."""
-        current = self._bytes()
-        previous, self._previous = self._previous, (monotonic_now, current)
-        if previous is None or not current:
-            return None
-        then, before = previous
-        elapsed = monotonic_now - then
-        if elapsed <= 0:
-            return None
-        # A disk that vanished, appeared or reset its counters says nothing about this interval.
-        moved = sum(
-            max(total - before[disk], 0) for disk, total in current.items() if disk in before
-        )
-        return moved / elapsed
+        return self._rate.update(monotonic_now, self._bytes())
 
     def _bytes(self) -> dict[str, int]:
         text = self._file.read()

@@ -17,6 +17,7 @@ from spotguard.hostfs import HostFS
 from spotguard.signals import Pressure
 from spotguard.signals.procfile import ProcFile
 from spotguard.signals.psi import HostPressure, PsiFile, PsiReading
+from spotguard.signals.rate import CounterRate
 
 OWN_CGROUP = "/proc/self/cgroup"
 
@@ -76,22 +77,15 @@ class WorkloadActivity:
     def __init__(self, cgroups: WorkloadCgroups, fs: HostFS) -> None:
         self._cgroups = cgroups
         self._fs = fs
-        self._previous: tuple[float, dict[str, int]] | None = None
+        self._rate = CounterRate()
 
     def read(self, monotonic_now: float) -> float | None:
         """None on the first read, without ``cpu.stat`` (no cpu controller), or when no time
         passed. A cgroup that appeared or vanished meanwhile says nothing about the interval."""
         usage = {path: self._usage(path) for path in self._cgroups.paths()}
         current = {path: used for path, used in usage.items() if used is not None}
-        previous, self._previous = self._previous, (monotonic_now, current)
-        if previous is None or not current:
-            return None
-        then, before = previous
-        elapsed = monotonic_now - then
-        if elapsed <= 0:
-            return None
-        used_us = sum(max(v - before[p], 0) for p, v in current.items() if p in before)
-        return 100.0 * used_us / 1e6 / elapsed
+        used_us_per_s = self._rate.update(monotonic_now, current)
+        return None if used_us_per_s is None else 100.0 * used_us_per_s / 1e6
 
     def _usage(self, path: str) -> int | None:
         text = ProcFile(self._fs.path(f"{path}/cpu.stat")).read()
