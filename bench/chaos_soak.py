@@ -126,7 +126,7 @@ def random_fault(imds: MetadataSimulator, soak: Soak, rng: random.Random) -> Non
         return
     # A bad time on the spot path is a real notice with an unusable time (the agent then takes
     # EC2's two minutes, tests/test_interruption_process.py): chaos keeps it on the other paths.
-    paths = [p for p in PATHS if p != SPOT] if name == "bad_time" else PATHS
+    paths = [p for p in PATHS if p not in ("/", SPOT)] if name == "bad_time" else PATHS
     path = TOKEN_PATH if name in ("token_timeout", "bad_token") else rng.choice(paths)
     value = rng.choice(list(BAD_TOKENS.values())) if name == "bad_token" else None
     delay = {"timeout": 1.0, "token_timeout": 1.0, "hang": 3.0, "drip": 5.0, "slow": 0.1}
@@ -209,6 +209,7 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=600.0, help="chaos phase bound")
     parser.add_argument("--peer", choices=("ec2", "aws-mock"), default="ec2")
     parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--log", type=Path, help="write the agent's JSON log lines here")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     soak = Soak()
@@ -332,6 +333,8 @@ def main() -> int:
         f" notice.received {names['notice.received']}",
     ]
     print("\n".join(report))
+    if args.log is not None:
+        args.log.write_text("".join(json.dumps(e) + "\n" for _, e in soak.events))
     return 0
 
 
