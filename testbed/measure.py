@@ -27,8 +27,9 @@ KERNEL = {
 }
 STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")  # printk's own clock, exact where arrival lags
 AGENT_ARMS = ("spotguard", "spotguard-hibernate")
-# The agent's predicted hibernation time in its `hibernate.issued` event, first name found.
-PREDICTION_FIELDS = ("predicted_hibernate_s", "predicted_s", "hibernate_s")
+# The agent's prediction in its `hibernate.issued` event (spotguard.estimator's
+# prediction_fields): trigger -> image written, and its parts.
+PREDICTION_FIELDS = ("predicted_s", "predicted_shrink_s", "predicted_image_write_s")
 
 
 class MeasureError(ValueError):
@@ -64,6 +65,8 @@ class Measurement:
     notice_to_exit_s: float
     deadline_s: float | None  # the notice's lead time (None: action hibernate, no deadline)
     predicted_s: float | None  # the agent's own prediction of its hibernation, when it logs one
+    predicted_shrink_s: float | None  # ... of which the kernel's shrink (vs prealloc_s)
+    predicted_write_s: float | None  # ... and the image write (vs write_s)
     image_bytes: int  # pages the kernel copied, uncompressed
     written_bytes: int  # compressed image written to swap
     write_s: float
@@ -166,6 +169,7 @@ def measure(seen: Observed) -> Measurement:
     hibernate_s = seen.first_exited - trigger.t
     prealloc_s, snapshot_s = _kernel_split(seen.first)
     notice_at = seen.notice_at if seen.notice_at is not None else trigger.t
+    prediction = _prediction(seen.first)
     return Measurement(
         arm=seen.arm,
         image_size=seen.image_size,
@@ -173,7 +177,9 @@ def measure(seen: Observed) -> Measurement:
         resume_s=back.t - seen.second_started,
         notice_to_exit_s=seen.first_exited - notice_at,
         deadline_s=seen.notice_s,
-        predicted_s=_prediction(seen.first),
+        predicted_s=prediction[0],
+        predicted_shrink_s=prediction[1],
+        predicted_write_s=prediction[2],
         image_bytes=int(copy_pages) * PAGE,
         written_bytes=int(wrote_kb) * 1024,
         write_s=write_s,
@@ -210,14 +216,15 @@ def _kernel_split(lines: Sequence[Line]) -> tuple[float, float]:
     return float(found.group(2)), between(allocated, saving)
 
 
-def _prediction(lines: Sequence[Line]) -> float | None:
-    """The agent's predicted hibernation seconds at its (last) `hibernate.issued`."""
+def _prediction(lines: Sequence[Line]) -> tuple[float | None, ...]:
+    """The agent's predicted seconds at its (last) `hibernate.issued`: total, shrink, write;
+    None where it logged none."""
     issued = [e for _, e in agent_events(lines) if e["event"] == "hibernate.issued"]
-    for name in PREDICTION_FIELDS if issued else ():
-        value = issued[-1].get(name)
-        if isinstance(value, int | float):
-            return float(value)
-    return None
+    last = issued[-1] if issued else {}
+    return tuple(
+        float(v) if isinstance(v := last.get(name), int | float) else None
+        for name in PREDICTION_FIELDS
+    )
 
 
 def _anon_reclaim_rate(lines: Sequence[Line], trigger: Line) -> float | None:

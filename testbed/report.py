@@ -45,6 +45,8 @@ DETAILS: list[tuple[str, Cell]] = [
     ("hibernate s", lambda m: m.hibernate_s),
     ("predicted hibernate s (agent)", lambda m: m.predicted_s),
     ("prediction error (pred/measured - 1)", lambda m: m.prediction_error),
+    ("predicted shrink s (agent)", lambda m: m.predicted_shrink_s),
+    ("predicted write s (agent)", lambda m: m.predicted_write_s),
     ("resume s", lambda m: m.resume_s),
     ("notice -> off s", lambda m: m.notice_to_exit_s),
     ("deadline s", lambda m: m.deadline_s),

@@ -28,7 +28,8 @@ FIRST = [
     (
         125.0,
         '{"event": "hibernate.issued", "why_now": "image-small", "image_bytes": 231919616, '
-        '"seconds_left": 100.0, "predicted_hibernate_s": 30.0}',
+        '"seconds_left": 100.0, "predicted_s": 30.0, "predicted_shrink_s": 9.0, '
+        '"predicted_image_write_s": 20.0}',
     ),
     (125.5, "[   65.308203] PM: hibernation: hibernation entry"),
     (
@@ -76,7 +77,7 @@ def test_one_run_figures_come_from_its_lines() -> None:
     assert m.hibernate_s == pytest.approx(151.0 - 125.6)
     assert m.notice_to_exit_s == pytest.approx(50.0)
     assert m.deadline_slack_s == pytest.approx(70.0)
-    assert m.predicted_s == 30.0
+    assert (m.predicted_s, m.predicted_shrink_s, m.predicted_write_s) == (30.0, 9.0, 20.0)
     assert m.prediction_error == pytest.approx(30.0 / 25.4 - 1)
     assert m.prealloc_s == 8.4
     # by the kernel's own clock, not the lines' arrival: Allocated -> Compressing and saving
