@@ -369,6 +369,7 @@ class Agent:
             "notice": event.id,
             "why_now": reason,
             "image_bytes": estimate.expected_bytes if estimate else None,
+            **(estimate.prediction_fields() if estimate else {}),
             "seconds_left": None
             if event.deadline is None
             else round(event.deadline - self.parts.clock.wall(), 1),
@@ -411,6 +412,7 @@ class Agent:
             m.image_expected.set(self.estimate.expected_bytes)
             m.image_floor.set(self.estimate.floor_bytes)
             m.swap_free.set(self.estimate.swap_free_bytes)
+            m.set_prediction(self.estimate, self.config.hibernate.fixed_overhead)
         if self._looked:  # calm: every slow_poll_interval; busy: every tick
             self._write_state()
         self.parts.systemd.notify("WATCHDOG=1", f"STATUS={self.state.phase.value}")

@@ -64,15 +64,16 @@ def build_agent(
         if config.agent.webhook_url
         else None
     )
+    reclaimer = StagedReclaimer(
+        fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
+    )
     parts = Parts(
         clock=clock,
         monitors=default_monitors(client),
         fetch_facts=lambda: fetch_facts(client),
         host=HostSignals(fs),
-        estimator=ImageEstimator(fs, config.hibernate),
-        reclaimer=StagedReclaimer(
-            fs, config.reclaim, clock=clock, state_dir=state_dir(config), writer=kernel
-        ),
+        estimator=ImageEstimator(fs, config.hibernate, swap_rate=reclaimer.swap_rate),
+        reclaimer=reclaimer,
         hibernator_for=HibernatorFactory(config, fs),
         hooks=HookRunner(Path(config.agent.hook_dir), config.agent.hook_timeout, clock=clock),
         state_file=StateFile(config.agent.state_file),

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from spotguard.estimator import ImageEstimate
 from spotguard.planner import Phase
 
 
@@ -37,10 +38,20 @@ class Metrics:
         )
         self.image_floor = Gauge("spotguard_image_floor_bytes", "kernel's floor", registry=r)
         self.swap_free = Gauge("spotguard_swap_free_bytes", "free swap", registry=r)
+        self.predicted_hibernate = Gauge(
+            "spotguard_predicted_hibernate_seconds",
+            "trigger to image written if hibernating now: kernel shrink + write + fixed overhead",
+            registry=r,
+        )
         self.hibernations = Counter(
             "spotguard_hibernations", "hibernations issued", ["result"], registry=r
         )
         self.ticks = Counter("spotguard_ticks", "control steps run", registry=r)
+
+    def set_prediction(self, estimate: ImageEstimate, fixed_overhead: float) -> None:
+        """What the planner compares with the deadline, exported all the time, not only at a
+        notice: how ready the instance is to hibernate right now."""
+        self.predicted_hibernate.set(estimate.predicted_write_s + fixed_overhead)
 
     def set_phase(self, phase: Phase) -> None:
         for each in Phase:

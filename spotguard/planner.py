@@ -251,6 +251,12 @@ def _emergency(
     hibernate_takes = estimate.predicted_write_s + config.hibernate.fixed_overhead
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
+    if estimate.reclaim_gain > 1.0 and not state.emergency_reclaim_done:
+        # Our reclaim shortens the hibernation by more than the time it takes (the kernel's own
+        # shrink is slower): go on until it no longer does, or until only a small image fits.
+        small_s = small_image_bytes(estimate, config) / max(estimate.bandwidth_bytes_per_s, 1)
+        last_chance = latest_start + estimate.predicted_write_s - small_s
+        latest_start = max(latest_start, last_chance)
 
     go = ""
     if small:

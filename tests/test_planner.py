@@ -242,6 +242,26 @@ class TestStopNotice:
         hibernate = [d for d in decisions if isinstance(d, Hibernate)]
         assert [(h.reason, h.image_size_bytes) for h in hibernate] == [("deadline", None)]
 
+    def test_reclaim_that_shortens_the_hibernation_goes_on_past_the_plain_deadline(
+        self,
+    ) -> None:
+        """Issue 11: the kernel's shrink inside the window was slower than our own reclaim, so
+        triggering at the plain deadline ended later than reclaiming on."""
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
+        n = notice(in_s=120)
+        slow = dataclasses.replace(estimate(), predicted_write_s=100.0, reclaim_gain=3.0)
+        state, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=slow), cfg)
+        (start,) = [d for d in decisions if isinstance(d, StartReclaim)]
+        small_s = small_image_bytes(slow, cfg) / slow.bandwidth_bytes_per_s
+        # until only a small image still fits: 120 - 20 - 10 - its write, less one poll
+        assert start.request.budget_s == pytest.approx(120 - 20 - 10 - small_s - 1, abs=0.1)
+        running = {"events": (n,), "reclaim_running": Intensity.EMERGENCY}
+        state, decisions = plan(state, obs(30, estimate=slow, **running), cfg)
+        assert decisions == []  # the plain rule would have hibernated at t=0
+        even = dataclasses.replace(slow, predicted_write_s=60.0, reclaim_gain=1.0)
+        _, decisions = plan(state, obs(31, estimate=even, **running), cfg)
+        assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
+
     def test_exhausted_reclaim_hibernates_without_waiting(self) -> None:
         cfg = config(hibernate={"tune_image_size": True})
         n = notice()

@@ -6,6 +6,7 @@ import errno
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +16,12 @@ import structlog
 from spotguard.clock import FakeClock
 from spotguard.config import Bytes, ReclaimConfig
 from spotguard.reclaim.api import Intensity, ReclaimRequest, StageResult
-from spotguard.reclaim.engine import MIN_STEP, StagedReclaimer
+from spotguard.reclaim.engine import (
+    EMERGENCY_FILL,
+    EMERGENCY_FIRST_STEP,
+    MIN_STEP,
+    StagedReclaimer,
+)
 from tests.test_reclaim_support import MIB, FakeHost, FakeKernel, psi
 
 CONFIG = ReclaimConfig(background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB))
@@ -275,3 +281,75 @@ def test_nothing_to_do(tmp_path: Path) -> None:
     shutil.rmtree(bare.fs.path("/sys"))
     none = engine(bare).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
     assert (none.stop_reason, none.backend) == ("unavailable", "")
+
+
+def timed(clock: FakeClock, bytes_per_s: float) -> Callable[[Path, str], None]:
+    """A `before` hook: each reclaim write takes the time the kernel would at this rate."""
+
+    def spend(path: Path, data: str) -> None:
+        if path.name == "memory.reclaim":
+            clock.advance(int(data.split(maxsplit=1)[0]) / bytes_per_s)
+
+    return spend
+
+
+def test_emergency_uses_few_large_writes_sized_to_the_rate(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=1 * MIB, anon=2048 * MIB)
+    clock = FakeClock()
+    kernel = FakeKernel(host, swappiness=False, anon_first=True, before=timed(clock, 100 * MIB))
+    reclaimer = engine(host, kernel, clock=clock)
+    result = reclaimer.reclaim(ReclaimRequest(Intensity.EMERGENCY, 120.0), threading.Event())
+    sizes = [int(d.split()[0]) for n, d in kernel.writes if n == "app.slice/memory.reclaim"]
+    assert result.reclaimed_bytes == 2049 * MIB
+    assert len(sizes) <= 8  # was one 0.64 MB step after another (issue 11)
+    assert all(size >= EMERGENCY_FIRST_STEP for size in sizes[1:-1])
+    # sized to ~80 % of the write timeout at the rate seen: 5 s x 100 MiB/s x 0.8
+    assert max(sizes) == int(100 * MIB * CONFIG.write_timeout * EMERGENCY_FILL)
+    deep = FakeHost(tmp_path / "deep", swap_free=8192 * MIB)
+    deep.add("app.slice", file=1 * MIB, anon=2048 * MIB)
+    idle_kernel = FakeKernel(deep, swappiness=False, anon_first=True)
+    run(engine(deep, idle_kernel), Intensity.DEEP)
+    assert len([n for n, _ in idle_kernel.writes if n.startswith("app")]) > 3 * len(sizes)
+
+
+def test_file_phase_ends_when_the_kernel_meets_it_from_anon(tmp_path: Path) -> None:
+    """6.1 has no swappiness=: a step sized to the page cache is met from anon, never EAGAIN."""
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("batch.slice", file=1 * MIB, anon=1024 * MIB)
+    kernel = FakeKernel(host, swappiness=False, anon_first=True)
+    light = run(engine(host, kernel), Intensity.LIGHT)
+    assert [(s.stop_reason, s.steps) for s in light] == [("no-progress", 1)]
+    kernel.writes.clear()
+    deep = run(engine(host, kernel), Intensity.DEEP)
+    sizes = [int(d.split()[0]) for n, d in kernel.writes if n == "batch.slice/memory.reclaim"]
+    assert sizes[0] == 1 * MIB  # the file phase: one step the size of the page cache
+    assert min(sizes[1:-1]) >= MIN_STEP  # then the anon phase's own steps
+    assert deep[0].anon_bytes == 1023 * MIB
+
+
+def test_the_swap_rate_seen_is_kept_for_predictions(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=1024 * MIB)
+    clock = FakeClock()
+    kernel = FakeKernel(host, before=timed(clock, 50 * MIB))
+    reclaimer = engine(host, kernel, clock=clock)
+    assert reclaimer.swap_rate.rate() is None
+    run(reclaimer, Intensity.EMERGENCY)
+    assert reclaimer.swap_rate.rate() == pytest.approx(50 * MIB, rel=1e-3)
+
+
+def test_emergency_ends_by_dropping_the_swap_cache_it_left(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=1024 * MIB)
+    kernel = FakeKernel(host, swap_cache=0.25)
+    request = ReclaimRequest(Intensity.EMERGENCY, 60.0, target_bytes=512 * MIB)
+    reclaimer = engine(host, kernel)
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(request, threading.Event())
+    assert result.stop_reason == "target"
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_before"] >= 32 * MIB  # a quarter of the last write
+    assert dropped["swap_cached_after"] < dropped["swap_cached_before"] // 4
+    last = kernel.writes[-1]
+    assert last == ("app.slice/memory.reclaim", str(dropped["swap_cached_before"]))

@@ -34,6 +34,7 @@ class FakeGroup:
     file: int
     anon: int
     limit: int = (1 << 63) - 4096
+    swap_cached: int = 0  # of `anon`: written to swap, still charged and in RAM
 
 
 class FakeHost:
@@ -44,6 +45,7 @@ class FakeHost:
         self.fs = HostFS(root)
         self.v1 = v1
         self.swap_free = swap_free
+        self.pswpout = 0  # pages
         self.groups: dict[str, FakeGroup] = {}
         self.cgroup_root = "/sys/fs/cgroup/memory" if v1 else "/sys/fs/cgroup"
         self.put("/proc/pressure/memory", QUIET)
@@ -113,6 +115,7 @@ class FakeHost:
             "Inactive(anon)": anon - anon // 2,
             "Active(file)": file // 2,
             "Inactive(file)": file - file // 2,
+            "SwapCached": sum(g.swap_cached for g in self.groups.values()),
             "SwapTotal": self.swap_free,
             "SwapFree": self.swap_free,
         }
@@ -129,13 +132,16 @@ Hook = Callable[[Path, str], None]
 class FakeKernel:
     """A FileWriter with the kernel's answers: reclaim shrinks the model, errno as documented.
 
-    `swappiness` False: the ``swappiness=`` key gives EINVAL (an older kernel). `fail` maps a
-    file name to the OSError its next writes raise. `before` runs before every write (advance
-    a clock, set a cancel, remove a cgroup...).
+    `swappiness` False: the ``swappiness=`` key gives EINVAL (an older kernel). `anon_first`:
+    a plain reclaim is met from anonymous memory first (6.1 on an anon-heavy cgroup). `fail`
+    maps a file name to the OSError its next writes raise. `before` runs before every write
+    (advance a clock, set a cancel, remove a cgroup...).
     """
 
     host: FakeHost
     swappiness: bool = True
+    anon_first: bool = False
+    swap_cache: float = 0.0  # of what a reclaim swaps out, the share left in swap cache
     fail: dict[str, OSError] = field(default_factory=dict)
     before: Hook | None = None
     writes: list[tuple[str, str]] = field(default_factory=list)
@@ -164,14 +170,31 @@ class FakeKernel:
         handler(name, path, data)
         self.host.sync(name)
 
-    def _take(self, name: str, asked: int, anon_too: bool) -> int:
+    def _take(self, name: str, asked: int, anon_too: bool, droppable: int | None = None) -> int:
+        """Clean swap cache first (no I/O; what this write swapped is still under writeback:
+        `droppable`), then page cache and anon in the kernel's order."""
         group = self.host.groups[name]
-        from_file = min(asked, group.file)
-        from_anon = min(asked - from_file, group.anon, self.host.swap_free) if anon_too else 0
+        cache = group.swap_cached if droppable is None else min(droppable, group.swap_cached)
+        dropped = min(asked, cache) if anon_too else 0
+        group.swap_cached -= dropped
+        group.anon -= dropped
+        asked -= dropped
+        from_anon = 0
+        if anon_too and self.anon_first:
+            from_anon = min(asked, group.anon - group.swap_cached, self.host.swap_free)
+        from_file = min(asked - from_anon, group.file)
+        if anon_too and not self.anon_first:
+            from_anon = min(asked - from_file, group.anon - group.swap_cached, self.host.swap_free)
+        cached = int(from_anon * self.swap_cache)
         group.file -= from_file
-        group.anon -= from_anon
+        group.anon -= from_anon - cached
+        group.swap_cached += cached
         self.host.swap_free -= from_anon
-        return from_file + from_anon
+        if from_anon or dropped:
+            self.host.pswpout += from_anon // 4096
+            self.host.put("/proc/vmstat", f"pswpout {self.host.pswpout}\npgsteal_direct 0\n")
+            self.host.write_meminfo()
+        return dropped + from_file + from_anon - cached
 
     def _check_keys(self, path: Path, data: str) -> None:
         keys = {w.split("=", 1)[0] for w in data.split()[1:]}
@@ -179,8 +202,18 @@ class FakeKernel:
             raise OSError(errno.EINVAL, "Invalid argument", str(path))
 
     def _reclaim(self, name: str, path: Path, data: str) -> None:
-        asked = int(data.split(maxsplit=1)[0])
-        if self._take(name, asked, "swappiness=0" not in data) < asked:
+        """Like the kernel, go on until as much as asked was freed, or nothing more is."""
+        asked, anon_too = int(data.split(maxsplit=1)[0]), "swappiness=0" not in data
+        group = self.host.groups[name]
+        freed, clean_cache = 0, group.swap_cached  # what this write swaps is still in writeback
+        while freed < asked:
+            droppable = min(clean_cache, group.swap_cached)
+            got = self._take(name, asked - freed, anon_too, droppable)
+            clean_cache -= min(asked - freed, droppable) if anon_too else 0
+            if not got:
+                break
+            freed += got
+        if freed < asked:
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable", str(path))
 
     def _swap_reclaim(self, name: str, path: Path, data: str) -> None:

@@ -1,0 +1,177 @@
+"""The hibernation prediction: the kernel's log lines, our swap rate, and what they predict."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from spotguard.config import HibernateConfig
+from spotguard.estimator import ImageEstimator
+from spotguard.hostfs import HostFS
+from spotguard.metrics import Metrics
+from spotguard.prediction import (
+    CALIBRATION_RANGE,
+    MIN_SWAP_SAMPLE,
+    SHRINK_SLOWDOWN,
+    KernelFigures,
+    KmsgLog,
+    MemoryNow,
+    Predictor,
+    SwapRate,
+    parse_kernel_log,
+)
+from tests.test_estimator import tree
+
+MIB = 1 << 20
+GIB = 1 << 30
+ATTEMPT = [
+    "6,1500,900000000,-;PM: hibernation: hibernation entry",
+    "6,1510,900100000,-;PM: hibernation: Preallocating image memory",
+    "6,1511,987500000,-;PM: hibernation: Allocated 4870592 kbytes in 87.40 seconds (55.72 MB/s)",
+    "6,1512,987600000,-;PM: hibernation: Need to copy 670208 pages",
+    "6,1530,990000000,-;PM: hibernation: Wrote 2681856 kbytes in 73.70 seconds (36.38 MB/s)",
+]
+
+
+def test_the_latest_attempts_figures_from_kmsg_records() -> None:
+    figures = parse_kernel_log(ATTEMPT)
+    assert figures == KernelFigures(
+        allocated_bytes=4870592 * 1024,
+        allocated_s=87.40,
+        copied_bytes=670208 * 4096,
+        wrote_bytes=2681856 * 1024,
+        wrote_s=73.70,
+    )
+    assert figures.write_rate == pytest.approx(2681856 * 1024 / 73.70)
+    again = parse_kernel_log(["[ 1200.5] PM: hibernation: hibernation entry"], figures)
+    assert again == KernelFigures()  # a new attempt: nothing of the old one is mixed in
+    dmesg = parse_kernel_log(["[  99.1] PM: Allocated 1024 kbytes in 0.50 seconds (2.04 MB/s)"])
+    assert (dmesg.allocated_bytes, dmesg.allocated_s, dmesg.write_rate) == (1 << 20, 0.5, None)
+    assert parse_kernel_log(["Allocated 5 kbytes in 1.0 seconds", "random noise"]) == (
+        KernelFigures()
+    )
+
+
+def test_kmsg_is_read_once_then_only_what_is_new(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    kmsg = tmp_path / "dev" / "kmsg"
+    kmsg.write_text(ATTEMPT[0] + "\n SUBSYSTEM=acpi\n" + ATTEMPT[2] + "\n")
+    reader = KmsgLog(HostFS(tmp_path))
+    assert reader.read_new() == [
+        "PM: hibernation: hibernation entry",
+        "PM: hibernation: Allocated 4870592 kbytes in 87.40 seconds (55.72 MB/s)",
+    ]
+    assert reader.read_new() == []
+    with kmsg.open("a") as out:
+        out.write(ATTEMPT[4] + "\n")
+    assert reader.read_new() == [ATTEMPT[4].split(";", 1)[1]]
+    reader.close()
+
+
+def test_no_kernel_log_is_no_figures(tmp_path: Path) -> None:
+    assert KmsgLog(HostFS(tmp_path)).read_new() == []
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "kmsg").mkdir()  # unreadable as a file: EISDIR, once
+    assert KmsgLog(HostFS(tmp_path)).read_new() == []
+
+
+def test_swap_rate_keeps_the_recent_large_writes() -> None:
+    rate = SwapRate(keep=2)
+    assert rate.rate() is None
+    rate.note(MIN_SWAP_SAMPLE - 1, 0.01)  # too little to be bound by the device
+    rate.note(100 * MIB, 0.0)
+    assert rate.rate() is None
+    rate.note(100 * MIB, 1.0)
+    rate.note(300 * MIB, 1.0)
+    assert rate.rate() == 200 * MIB
+    rate.note(50 * MIB, 1.0)
+    assert rate.rate() == 175 * MIB  # the first sample has aged out
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.pending: list[str] = []
+
+    def read_new(self) -> list[str]:
+        lines, self.pending = self.pending, []
+        return lines
+
+
+# Issue 11's spotguard arm at the trigger (8 GiB guest, image_size default).
+TRIGGER = MemoryNow(
+    saveable=4670 * MIB, floor=90 * MIB, image_limit=3158 * MIB, anon=3100 * MIB, clean=150 * MIB
+)
+
+
+def test_the_slowest_known_rate_bounds_each_part() -> None:
+    rates = SwapRate()
+    predictor = Predictor(100 * MIB, FakeLog(), rates)
+    first = predictor.predict(TRIGGER)
+    assert (first.swap_rate, first.write_rate) == (100 * MIB * SHRINK_SLOWDOWN, 100 * MIB)
+    assert first.image_bytes == 3158 * MIB
+    assert first.shrink_swap_bytes == 2 * (4670 - 3158 - 150) * MIB
+    rates.note(57 * MIB, 1.0)
+    seen = predictor.predict(TRIGGER)
+    assert (seen.swap_rate, seen.write_rate, seen.rate_source) == (
+        57 * MIB * SHRINK_SLOWDOWN,
+        57 * MIB,
+        "swap=reclaim write=reclaim",
+    )
+    assert seen.total_s > first.total_s
+
+
+def test_issue_11s_spotguard_arm_within_a_quarter() -> None:
+    """The model against the kernel's own split at the trigger of issue 11's spotguard arm:
+    87.4 s shrink, 73.7 s write, with our reclaim's 57 MB/s and a 36 MB/s write configured."""
+    rates = SwapRate()
+    rates.note(57 * 1000 * 1000, 1.0)
+    predicted = Predictor(36 * 1000 * 1000, FakeLog(), rates).predict(TRIGGER)
+    assert predicted.shrink_s == pytest.approx(87.4, rel=0.25)
+    assert predicted.write_s == pytest.approx(73.7, rel=0.25)
+    assert predicted.total_s == pytest.approx(87.4 + 73.7, rel=0.25)
+
+
+def test_a_hibernation_in_the_log_calibrates_the_shrink() -> None:
+    kernel = FakeLog()
+    predictor = Predictor(36 * MIB, kernel)
+    before = predictor.predict(TRIGGER)  # the last prediction before the trigger...
+    kernel.pending = [  # ...and after the resume, the kernel's own figure: twice as long
+        "PM: hibernation: hibernation entry",
+        f"PM: hibernation: Allocated 1000 kbytes in {before.shrink_s * 2:.2f} seconds (1 MB/s)",
+    ]
+    after = predictor.predict(TRIGGER)
+    assert after.calibration == pytest.approx(2.0, rel=0.01)
+    assert after.shrink_s == pytest.approx(2 * before.shrink_s, rel=0.01)
+    assert after.write_s == before.write_s
+    kernel.pending = [
+        "PM: hibernation: hibernation entry",
+        f"PM: hibernation: Allocated 1000 kbytes in {before.shrink_s * 50:.2f} seconds (1 MB/s)",
+    ]
+    assert predictor.predict(TRIGGER).calibration == CALIBRATION_RANGE[1]
+    assert predictor.predict(TRIGGER).calibration == CALIBRATION_RANGE[1]  # nothing new: kept
+
+
+def test_the_prediction_is_exported_as_a_metric(tmp_path: Path) -> None:
+    estimate = ImageEstimator(tree(tmp_path, image_size="0"), HibernateConfig()).estimate()
+    metrics = Metrics()
+    metrics.set_prediction(estimate, 10.0)
+    text = metrics.render().decode()
+    line = next(ln for ln in text.splitlines() if ln.startswith("spotguard_predicted_hibernate"))
+    assert float(line.split()[1]) == pytest.approx(estimate.predicted_write_s + 10.0)
+    assert estimate.predicted_write_s > 30.0  # image_size=0: the whole shrink is in it
+
+
+def test_reclaim_pays_while_the_kernel_would_shrink_or_the_write_is_slower() -> None:
+    rates = SwapRate()
+    rates.note(57 * MIB, 1.0)
+    shrinking = Predictor(36 * MIB, FakeLog(), rates).predict(TRIGGER)
+    assert shrinking.reclaim_gain == pytest.approx(2.0 / SHRINK_SLOWDOWN)
+    small = MemoryNow(saveable=GIB, floor=90 * MIB, image_limit=3 * GIB, anon=GIB, clean=0)
+    write_bound = Predictor(36 * MIB, FakeLog(), rates).predict(small)
+    assert write_bound.reclaim_gain == pytest.approx(57 / 36)  # compression slower than swap
+    disk_bound = Predictor(100 * MIB, FakeLog(), rates).predict(small)
+    assert disk_bound.reclaim_gain == pytest.approx(1.0)  # a byte swapped is a byte not written
+    nothing = dataclasses.replace(small, anon=0)
+    assert Predictor(36 * MIB, FakeLog(), rates).predict(nothing).reclaim_gain == 0.0
