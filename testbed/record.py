@@ -94,7 +94,10 @@ def read_console(path: Path) -> list[Line]:
     if not path.exists():
         return []
     lines: list[Line] = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    # "\n" only, untranslated: a console line may hold a "\r" in its text.
+    with path.open(encoding="utf-8", newline="") as log:
+        content = log.read()
+    for raw in content.split("\n")[:-1]:
         stamp, _, text = raw.partition(" ")
         lines.append(Line(float(stamp), text, len(lines)))
     return lines

@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from testbed.measure import Measurement, event_times, memory_series
+from testbed.measure import (
+    AGENT_ARMS,
+    Measurement,
+    agent_events,
+    event_times,
+    markers,
+    memory_series,
+)
 from testbed.record import ArmRun
 
 MIB = float(1 << 20)
@@ -350,6 +357,8 @@ def render(
     lines += ["", "Per run:", "", _row(list(PER_RUN)), _row(["---"] * len(PER_RUN))]
     for run in runs:
         lines.append(_row(_per_run(run)))
+    for run in runs:
+        lines += timeline(run)
     lines += ["", "Goals (issue 11; spotguard arm, medians unless it says every run):"]
     lines += [f"- [{g.verdict}] {g.label}: {_fmt(g.value)}" for g in checks]
     lines += [
@@ -394,6 +403,49 @@ def _per_run(run: ArmRun) -> list[str]:
         split,
         f"{m.resume_s:.1f} ({m.read_s:.1f})",
     ]
+
+
+# The agent's events that explain a run, and the fields of each worth a look.
+TIMELINE = {
+    "notice.received": ("action", "seconds_left"),
+    "reclaim.started": ("intensity", "budget_s", "target_bytes"),
+    "reclaim.cancelled": ("reason",),
+    "reclaim.done": ("intensity", "reclaimed_bytes", "duration_s", "stop_reason"),
+    "hibernate.issued": (
+        "why_now",
+        "seconds_left",
+        "predicted_s",
+        "predicted_shrink_s",
+        "predicted_image_write_s",
+        "predicted_image_bytes",
+        "shrink_bytes",
+        "swap_rate",
+        "write_rate",
+        "rate_source",
+    ),
+    "hibernate.refused": ("reason", "seconds_left"),
+}
+
+
+def timeline(run: ArmRun) -> list[str]:
+    """What the agent did in one agent-arm run, in seconds from the guest's idle start."""
+    if run.observed.arm not in AGENT_ARMS or not run.observed.first:
+        return []
+    idle = next((ln.t for ln, _ in markers(run.observed.first, "idle-start")), None)
+    if idle is None:
+        return []
+    head = f"Agent, {run.observed.arm} {run.observed.image_size} {run.info.started_utc}"
+    found = [
+        "",
+        f"{head} (s from idle start; the notice at {_num(run.info.facts.get('idle_s'))}):",
+    ]
+    for line, event in agent_events(run.observed.first):
+        wanted = TIMELINE.get(str(event["event"]))
+        if wanted is None:
+            continue
+        fields = " ".join(f"{k}={event[k]}" for k in wanted if event.get(k) is not None)
+        found.append(f"    {line.t - idle:+7.1f} {event['event']} {fields}")
+    return found
 
 
 def plot(run: ArmRun, facts: dict[str, Any], path: Path) -> None:

@@ -19,6 +19,7 @@ from testbed.record import ArmRun, RunInfo
 FIRST = [
     (100.0, "TESTBED idle-start t=40.0 arm=spotguard idle=25"),
     (101.0, "TESTBED mem t=41 swap_used=0 load=1"),
+    (101.5, "[  OK  ] Started\r\x1b[K[  OK  ] systemd redraws its status line"),
     (
         103.0,
         '{"event": "reclaim.done", "intensity": "emergency", "reclaimed_bytes": 300000000, '
