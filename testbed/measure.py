@@ -50,6 +50,8 @@ class Observed:
     disk_bps: int
     notice_at: float | None = None  # agent arms: when the host posted the notice
     notice_s: float | None = None  # the notice's lead time; None: EC2 hibernates at once
+    # The agent's hibernate.fixed_overhead: its `predicted_s` leaves it out, its planner adds it.
+    prediction_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +66,11 @@ class Measurement:
     # hibernate at the moment the notice would come (their trigger), so from their trigger.
     notice_to_exit_s: float
     deadline_s: float | None  # the notice's lead time (None: action hibernate, no deadline)
-    predicted_s: float | None  # the agent's own prediction of its hibernation, when it logs one
-    predicted_shrink_s: float | None  # ... of which the kernel's shrink (vs prealloc_s)
-    predicted_write_s: float | None  # ... and the image write (vs write_s)
+    # The agent's own prediction of its hibernation (its predicted_s + fixed_overhead), when it
+    # logs one, and two of its parts as logged: the kernel's shrink and the image write.
+    predicted_s: float | None
+    predicted_shrink_s: float | None  # vs prealloc_s
+    predicted_write_s: float | None  # vs write_s
     image_bytes: int  # pages the kernel copied, uncompressed
     written_bytes: int  # compressed image written to swap
     write_s: float
@@ -177,7 +181,7 @@ def measure(seen: Observed) -> Measurement:
         resume_s=back.t - seen.second_started,
         notice_to_exit_s=seen.first_exited - notice_at,
         deadline_s=seen.notice_s,
-        predicted_s=prediction[0],
+        predicted_s=None if prediction[0] is None else prediction[0] + seen.prediction_overhead_s,
         predicted_shrink_s=prediction[1],
         predicted_write_s=prediction[2],
         image_bytes=int(copy_pages) * PAGE,

@@ -58,6 +58,7 @@ def save(folder: Path, run: ArmRun) -> None:
         "disk_bps": seen.disk_bps,
         "notice_at": seen.notice_at,
         "notice_s": seen.notice_s,
+        "prediction_overhead_s": seen.prediction_overhead_s,
         "command": run.info.command,
         "started_utc": run.info.started_utc,
         "facts": run.info.facts,
@@ -82,6 +83,7 @@ def load(folder: Path) -> ArmRun:
             disk_bps=int(facts["disk_bps"]),
             notice_at=_optional(facts.get("notice_at")),
             notice_s=_optional(facts.get("notice_s")),
+            prediction_overhead_s=float(facts.get("prediction_overhead_s", 0.0)),
         )
         info = RunInfo(str(facts["command"]), str(facts["started_utc"]), dict(facts["facts"]))
     except (OSError, KeyError, TypeError, ValueError) as exc:

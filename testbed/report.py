@@ -50,7 +50,7 @@ Stats = dict[str, float | None]  # median, min, max, n
 Summary = dict[str, dict[str, Stats]]  # "arm, image_size=N" -> figure name -> stats
 DETAILS: list[tuple[str, Cell]] = [
     ("hibernate s", lambda m: m.hibernate_s),
-    ("predicted hibernate s (agent)", lambda m: m.predicted_s),
+    ("predicted hibernate s (agent, + fixed overhead)", lambda m: m.predicted_s),
     ("prediction error (pred/measured - 1)", lambda m: m.prediction_error),
     ("predicted shrink s (agent)", lambda m: m.predicted_shrink_s),
     ("predicted write s (agent)", lambda m: m.predicted_write_s),

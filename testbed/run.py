@@ -24,10 +24,11 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from spotguard import config
 from spotguard.simulator import MetadataSimulator
 from testbed import record, report
 from testbed.guest import BaseImage, Disks, Guest, GuestError, ImdsNetwork, Machine
-from testbed.image import CACHE_DIR, build_base
+from testbed.image import CACHE_DIR, INGUEST, build_base
 from testbed.measure import AGENT_ARMS, Observed
 from testbed.record import ArmRun, RunInfo
 
@@ -40,6 +41,8 @@ DEFAULT_ARMS = ARMS[:3]
 IMAGE_SIZES = ("default", "0")
 BOOT_TIMEOUT = 900.0  # TCG on a busy 2-core host is slow
 SWAP_SLACK = 512 << 20
+# The guest agent's configuration, for what its log leaves out (its fixed hibernation overhead).
+AGENT_CONFIG = config.load(INGUEST / "spotguard.toml", env={})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,7 @@ def _run_arm(
                 disk_bps=plan.machine.disk_bps,
                 notice_at=notice_at,
                 notice_s=None if arm == "spotguard-hibernate" else plan.notice_s,
+                prediction_overhead_s=AGENT_CONFIG.hibernate.fixed_overhead,
             )
     except GuestError as exc:
         log.warning("run.failed", arm=arm, image_size=image_size, error=str(exc))
