@@ -17,8 +17,17 @@ from spotguard.notify import Webhook
 from spotguard.reclaim.engine import StagedReclaimer
 from spotguard.reclaim.writer import FileWriter
 from spotguard.signals.host import HostSignals
+from spotguard.signals.workload import WorkloadActivity, WorkloadCgroups, WorkloadPressure
 from spotguard.state import StateFile
 from spotguard.trigger import Hibernator, make_hibernator
+
+
+def _host_signals(config: Config, fs: HostFS) -> HostSignals:
+    """Idle is the workload's: the cgroups reclaim knows of (or all of them but ours), their CPU
+    and their PSI, which leaves out our own reclaim's stalls."""
+    reclaim = config.reclaim
+    cgroups = WorkloadCgroups(fs, reclaim.cgroup_root, (*reclaim.background, *reclaim.protected))
+    return HostSignals(fs, WorkloadActivity(cgroups, fs), WorkloadPressure(cgroups, fs))
 
 
 def host_fs(config: Config) -> HostFS:
@@ -71,7 +80,7 @@ def build_agent(
         clock=clock,
         monitors=default_monitors(client),
         fetch_facts=lambda: fetch_facts(client),
-        host=HostSignals(fs),
+        host=_host_signals(config, fs),
         estimator=ImageEstimator(fs, config.hibernate, swap_rate=reclaimer.swap_rate),
         reclaimer=reclaimer,
         hibernator_for=HibernatorFactory(config, fs),

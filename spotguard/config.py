@@ -92,9 +92,13 @@ class IdleConfig:
     max_psi_memory: float = 1.0  # % "some" avg10
     max_psi_io: float = 5.0
     max_io_bytes_per_s: Bytes = Bytes(20 << 20)
+    # The workload cgroups' own CPU (% of one CPU, summed; cgroup v2): below it the workload is
+    # quiet even where the least idle CPU is not (emulation, the agent itself).
+    max_workload_cpu_percent: float = 10.0
 
     def validate(self) -> None:
         _check(0 < self.cpu_idle_percent <= 100, "idle.cpu_idle_percent", "must be 0..100")
+        _check(self.max_workload_cpu_percent >= 0, "idle.max_workload_cpu_percent", "must be >= 0")
         _check(self.duration >= 0, "idle.duration", "must be >= 0")
         _check(self.max_load >= 0, "idle.max_load", "must be >= 0")
         _check(0 <= self.max_psi_memory <= 100, "idle.max_psi_memory", "must be 0..100")
@@ -116,6 +120,10 @@ class ReclaimConfig:
     write_timeout: Seconds = Seconds(5.0)
     allow_drop_caches: bool = False
     repeat_after: Seconds = Seconds(600.0)
+    # Idle reclaim swaps the background cgroups' anonymous memory too, after their page cache:
+    # what is swapped before a notice is not shrunk inside the 2-minute window (issue 11).
+    # false: page cache only, a faster wake-up for the background cgroups.
+    idle_swap: bool = True
 
     def validate(self) -> None:
         backends = ("auto", "v2", "swap.reclaim", "v1", "drop_caches")
@@ -137,6 +145,9 @@ class HibernateConfig:
     deadline_margin: Seconds = Seconds(20.0)
     fixed_overhead: Seconds = Seconds(10.0)  # freeze, API call, device suspend
     swap_bandwidth: Bytes = Bytes(100 << 20)  # bytes/s the image is written at
+    # bytes/s the kernel preallocates image page frames at, until a hibernation here measures
+    # it (its "Allocated" line): fast on real CPUs, ~74 MB/s under QEMU TCG (issue 11).
+    prealloc_bandwidth: Bytes = Bytes(1 << 30)
     small_image: Bytes = Bytes(0)  # 0: "small" means within 1.2x the kernel's floor
     pre_hibernate_budget: Seconds = Seconds(5.0)
     region: str = ""  # "" : from the metadata service
@@ -148,6 +159,7 @@ class HibernateConfig:
         _check(self.swap_margin >= 1.0, "hibernate.swap_margin", "must be >= 1.0")
         _check(self.deadline_margin >= 0, "hibernate.deadline_margin", "must be >= 0")
         _check(self.swap_bandwidth > 0, "hibernate.swap_bandwidth", "must be > 0")
+        _check(self.prealloc_bandwidth > 0, "hibernate.prealloc_bandwidth", "must be > 0")
         _check(len(self.local_command) > 0, "hibernate.local_command", "must name a program")
 
 

@@ -43,6 +43,7 @@ class ImageEstimate:
     rate_source: str = ""  # where the rates came from: config, reclaim (pswpout), log (kernel)
     calibration: float = 1.0  # measured / predicted shrink of the last hibernation here
     reclaim_gain: float = 0.0  # hibernation seconds one second of our reclaim saves (> 1: pays)
+    seconds_per_image_byte: float = 0.0  # without a shrink: allocating its frame + writing it
 
     def fits(self, margin: float) -> bool:
         """Swap must hold the image with a margin: compressed hibernation does not check."""
@@ -107,8 +108,10 @@ class ImageEstimator:
     ) -> None:
         self._fs = fs
         self._config = config
+        self._reserved: int | None = None  # fixed at boot (memory hotplug aside): read once
         self._predictor = Predictor(
             float(config.swap_bandwidth),
+            float(config.prealloc_bandwidth),
             kernel_log if kernel_log is not None else KmsgLog(fs),
             swap_rate,
         )
@@ -122,7 +125,9 @@ class ImageEstimator:
         missing = [key for key in _REQUIRED if key not in info]
         if missing:
             raise EstimateError(f"/proc/meminfo lacks {', '.join(missing)}")
-        reserved = reserved_bytes(self._fs)
+        if self._reserved is None:
+            self._reserved = reserved_bytes(self._fs)
+        reserved = self._reserved
         used = info["MemTotal"] - info["MemFree"]
         saveable = used + reserved
         reclaimable = sum(info[k] for k in _REQUIRED[2:7])
@@ -141,6 +146,7 @@ class ImageEstimator:
                 image_limit=min(limit, max(max_image, 0)),
                 anon=max(anon_lru - swap_cached, 0),
                 clean=max(file_lru - dirty, 0),
+                free=info["MemFree"],
             )
         )
         return ImageEstimate(
@@ -164,6 +170,8 @@ class ImageEstimator:
             rate_source=predicted.rate_source,
             calibration=predicted.calibration,
             reclaim_gain=predicted.reclaim_gain,
+            seconds_per_image_byte=predicted.calibration / predicted.alloc_rate
+            + 1 / predicted.write_rate,
         )
 
     def _image_size(self, mem_total: int) -> int:

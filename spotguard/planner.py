@@ -31,6 +31,7 @@ from spotguard.trigger import TriggerResult
 # Scheduled-event codes after which the instance is gone or stopped: worth getting ready for.
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
+RECLAIM_PAYS = 1.1  # hibernation seconds a second of reclaim must save to go past the deadline
 
 
 class Phase(StrEnum):
@@ -251,10 +252,11 @@ def _emergency(
     hibernate_takes = estimate.predicted_write_s + config.hibernate.fixed_overhead
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
-    if estimate.reclaim_gain > 1.0 and not state.emergency_reclaim_done:
+    if estimate.reclaim_gain > RECLAIM_PAYS and not state.emergency_reclaim_done:
         # Our reclaim shortens the hibernation by more than the time it takes (the kernel's own
         # shrink is slower): go on until it no longer does, or until only a small image fits.
-        small_s = small_image_bytes(estimate, config) / max(estimate.bandwidth_bytes_per_s, 1)
+        per_byte = estimate.seconds_per_image_byte or 1 / max(estimate.bandwidth_bytes_per_s, 1)
+        small_s = small_image_bytes(estimate, config) * per_byte
         last_chance = latest_start + estimate.predicted_write_s - small_s
         latest_start = max(latest_start, last_chance)
 
@@ -361,13 +363,18 @@ def small_image_bytes(estimate: ImageEstimate, config: Config) -> int:
 
 
 def is_idle(sample: HostSample | None, config: Config) -> bool:
-    """The RFC's test (least idle CPU >= 95 %), plus quiet PSI, I/O and load where known."""
+    """The RFC's test (least idle CPU >= 95 %) or, where the workload cgroups tell, their own
+    CPU; plus quiet PSI, I/O and load where known."""
     if sample is None or sample.cpu_min_idle_percent is None:
         return False
     idle = config.idle
     pressure = sample.pressure
+    workload = sample.workload_cpu_percent
     return (
-        sample.cpu_min_idle_percent >= idle.cpu_idle_percent
+        (
+            sample.cpu_min_idle_percent >= idle.cpu_idle_percent
+            or (workload is not None and workload <= idle.max_workload_cpu_percent)
+        )
         and (pressure.memory_some is None or pressure.memory_some <= idle.max_psi_memory)
         and (pressure.io_some is None or pressure.io_some <= idle.max_psi_io)
         and (sample.io_bytes_per_s is None or sample.io_bytes_per_s <= idle.max_io_bytes_per_s)

@@ -1,12 +1,21 @@
-"""How long a hibernation takes on this machine: the kernel's own shrink first, then the write.
+"""How long a hibernation takes on this machine: the kernel's preallocation, then the write.
 
-When saveable memory exceeds the kernel's target (``image_size``, or the floor when that is
-lower), `hibernate_preallocate_memory` (kernel/power/snapshot.c) first swaps the excess out,
-inside the hibernation window and at swap-write speed; only then is the image compressed and
-written. A prediction from a configured bandwidth alone missed both (issue 11: 35 s predicted,
-161 s taken). So the rates come from what this machine did: the swap writes of our own reclaim
-(pswpout per second), the kernel's own lines from the last hibernation, and the configured
-bandwidth only as an upper bound.
+`hibernate_preallocate_memory` (kernel/power/snapshot.c) first allocates a page frame for every
+page of the image; when saveable memory exceeds its target (``image_size``, never below the
+floor) it allocates all but the target instead, swapping the excess out on the way, inside
+the hibernation window. Only then is the image compressed and written. A prediction from a
+configured bandwidth alone missed all of that (issue 11: 35 s predicted, 161 s taken). So the
+rates come from what this machine does: the swap writes of our own reclaim (pswpout per
+second), the kernel's own "Allocated" line of each hibernation here (it recalibrates the
+preallocation) and its "Wrote" line where a log has it; configured rates are the starting
+point and the upper bound. Page allocation is fast on real CPUs and slow under emulation
+(`hibernate.prealloc_bandwidth`); nothing userspace can time stands in for it reliably (a
+page-fault probe swung 32-228 MiB/s on one nested-virtualisation host).
+
+Against issue 11's four 8 GiB TCG runs (allocation 74 MB/s, as its oneshot arm's 472 MiB in
+6.4 s; our swap writes 57 MB/s; image write 36 MB/s) the preallocation comes out at 97 s for
+87 s measured (spotguard), 112/110 (vanilla), 203/167 (vanilla, image_size=0), 6.7/6.4
+(oneshot); the write at 92/74 s (spotguard: the kernel's shrink overshot its target).
 """
 
 from __future__ import annotations
@@ -27,18 +36,11 @@ from spotguard.hostfs import HostFS
 log = structlog.get_logger()
 
 KMSG = "/dev/kmsg"
-# Reclaim under writeback does not count pages still being written as freed, so the kernel's
-# shrink writes about twice what it needs to free (6.1 under TCG, issue 11: 2.7 GB swapped for
-# a 1.2 GB excess over the clean page cache; vanilla 3.4 GB for 2.0 GB).
-SHRINK_OVERSHOOT = 2.0
-# The shrink's swap writes ran at 0.55x what memory.reclaim reached on the same guest (issue 11:
-# 31 MB/s inside the window, 57 MB/s for the one-shot write): reclaim from allocations waits on
-# writeback where proactive reclaim goes on. A hibernation seen in the kernel log recalibrates.
-SHRINK_SLOWDOWN = 0.55
 # Clean page cache is dropped, not written; a generous guess of how fast (no I/O at all).
 DROP_BYTES_PER_S = 1 << 30
 MIN_SWAP_SAMPLE = 16 << 20  # less than this swapped in one write says nothing about the device
-CALIBRATION_RANGE = (0.5, 4.0)  # what one past hibernation may scale the model by
+CALIBRATION_RANGE = (0.5, 4.0)  # what one past hibernation may scale the preallocation by
+GAIN_PROBE_BYTES = 256 << 20  # how far ahead reclaim_gain looks, beyond the kernel's shrink
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,7 @@ class MemoryNow:
     # clean page cache: what a shrink drops without writing. Not the swap cache: issue 11 saw
     # the kernel's shrink leave it and copy it into the image (2.2 of 2.6 GiB).
     clean: int
+    free: int = 0  # MemFree: the kernel allocates it too when it must shrink
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,21 +201,31 @@ class Prediction:
 
     image_bytes: int  # what the kernel copies and writes, after its shrink
     shrink_bytes: int  # what it must free first, inside the window
-    shrink_swap_bytes: int  # of that, written to swap (the slow part)
-    shrink_s: float
+    shrink_swap_bytes: int  # of that, written to swap
+    shrink_s: float  # the whole preallocation: page allocation and the shrink's swap writes
     write_s: float
-    swap_rate: float  # bytes/s assumed for the shrink's swap writes (our rate, slowed down)
+    swap_rate: float  # bytes/s assumed for the shrink's swap writes (our own reclaim's)
     write_rate: float  # bytes/s assumed for the image: the slowest of config, reclaim, log
     rate_source: str  # where the rates came from, for the log
-    calibration: float = 1.0  # measured / predicted of the last hibernation here
-    # Seconds of hibernation one second of our own reclaim saves now. Above 1, reclaiming before
-    # the trigger ends the whole sooner than triggering at once: the kernel's shrink is slower
-    # than our reclaim (SHRINK_SLOWDOWN), or the image write is slower than our swap writes.
+    calibration: float = 1.0  # measured / predicted preallocation of the last hibernation here
+    alloc_bytes: int = 0  # page frames the kernel allocates
+    alloc_rate: float = 0.0
+    # Seconds of hibernation one second of our own reclaim saves, over the next stretch (to the
+    # end of the kernel's shrink, or GAIN_PROBE_BYTES). Above 1, reclaiming before the trigger
+    # ends the whole sooner than triggering at once.
     reclaim_gain: float = 0.0
 
     @property
     def total_s(self) -> float:
         return self.shrink_s + self.write_s
+
+
+@dataclass(frozen=True, slots=True)
+class _Rates:
+    alloc: float
+    swap: float
+    write: float
+    source: str
 
 
 class Predictor:
@@ -222,10 +235,12 @@ class Predictor:
     def __init__(
         self,
         bandwidth: float,
+        alloc_rate: float,
         kernel_log: KernelLog | None = None,
         swap_rate: SwapRate | None = None,
     ) -> None:
         self._bandwidth = bandwidth
+        self._alloc_rate = alloc_rate
         self._kernel_log = kernel_log
         self.swap_rate = swap_rate or SwapRate()
         self.figures = KernelFigures()
@@ -234,38 +249,61 @@ class Predictor:
 
     def predict(self, memory: MemoryNow) -> Prediction:
         self._learn()
+        rates = self._rates()
+        now = self._model(memory, rates)
+        # What reclaiming the next stretch would save, per second it takes: page cache first,
+        # as the engine does, then anonymous memory.
+        step = min(max(now.shrink_bytes, GAIN_PROBE_BYTES), memory.clean + memory.anon)
+        from_clean = min(step, memory.clean)
+        from_anon = step - from_clean
+        gain = 0.0
+        if from_anon > 0:
+            after = replace(
+                memory,
+                saveable=memory.saveable - step,
+                clean=memory.clean - from_clean,
+                anon=memory.anon - from_anon,
+                free=memory.free + step,
+            )
+            saved = now.total_s - self._model(after, rates).total_s
+            gain = saved / (from_clean / DROP_BYTES_PER_S + from_anon / rates.swap)
+        prediction = replace(now, reclaim_gain=gain)
+        self._last = prediction
+        return prediction
+
+    def _rates(self) -> _Rates:
         observed, logged = self.swap_rate.rate(), self.figures.write_rate
-        swap_rate = (observed or self._bandwidth) * SHRINK_SLOWDOWN
+        write, write_from = _slowest(config=self._bandwidth, reclaim=observed, log=logged)
         swap_from = "reclaim" if observed else "config"
-        write_rate, write_from = _slowest(config=self._bandwidth, reclaim=observed, log=logged)
+        return _Rates(
+            alloc=self._alloc_rate,
+            swap=observed or self._bandwidth,
+            write=write,
+            source=f"swap={swap_from} write={write_from}",
+        )
+
+    def _model(self, memory: MemoryNow, rates: _Rates) -> Prediction:
         target = max(memory.image_limit, memory.floor)
         shrink = max(memory.saveable - target, 0)
         image = memory.saveable - shrink
-        swapped = min(memory.anon, int(SHRINK_OVERSHOOT * max(shrink - memory.clean, 0)))
+        # No shrink: a frame for each image page. A shrink: all frames but the target's.
+        allocated = memory.saveable + memory.free - target if shrink else image
+        swapped = min(memory.anon, max(shrink - memory.clean, 0))
         dropped = min(shrink, memory.clean)
-        shrink_s = (swapped / swap_rate + dropped / DROP_BYTES_PER_S) * self._calibration
-        reclaim_rate = observed or self._bandwidth
-        if not memory.anon:  # nothing left for our reclaim to swap out
-            gain = 0.0
-        elif swapped:  # a byte less in memory is a byte less to shrink, twice over if not capped
-            per_byte = (1.0 if swapped == memory.anon else SHRINK_OVERSHOOT) / swap_rate
-            gain = reclaim_rate * per_byte * self._calibration
-        else:  # a byte less in memory is a byte less to write
-            gain = reclaim_rate / write_rate
-        prediction = Prediction(
+        prealloc_s = allocated / rates.alloc + swapped / rates.swap + dropped / DROP_BYTES_PER_S
+        return Prediction(
             image_bytes=image,
             shrink_bytes=shrink,
             shrink_swap_bytes=swapped,
-            shrink_s=shrink_s,
-            write_s=image / write_rate,
-            swap_rate=swap_rate,
-            write_rate=write_rate,
-            rate_source=f"swap={swap_from} write={write_from}",
+            shrink_s=prealloc_s * self._calibration,
+            write_s=image / rates.write,
+            swap_rate=rates.swap,
+            write_rate=rates.write,
+            rate_source=rates.source,
             calibration=self._calibration,
-            reclaim_gain=gain,
+            alloc_bytes=allocated,
+            alloc_rate=rates.alloc,
         )
-        self._last = prediction
-        return prediction
 
     def _learn(self) -> None:
         """A new hibernation in the kernel log: compare its shrink with what we predicted last
@@ -279,14 +317,14 @@ class Predictor:
         self.figures = parse_kernel_log(lines, before)
         fresh = self.figures != before and self.figures.allocated_s is not None
         last = self._last
-        if not fresh or last is None or last.shrink_s <= 1.0:
+        if not fresh or last is None or last.shrink_s <= 0.5:
             return
         allocated_s = self.figures.allocated_s or 0.0
         ratio = allocated_s / (last.shrink_s / last.calibration)
         self._calibration = min(max(ratio, CALIBRATION_RANGE[0]), CALIBRATION_RANGE[1])
         log.info(
             "prediction.calibrated",
-            predicted_shrink_s=round(last.shrink_s, 1),
+            predicted_prealloc_s=round(last.shrink_s, 1),
             kernel_shrink_s=allocated_s,
             calibration=round(self._calibration, 2),
         )

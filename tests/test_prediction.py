@@ -14,7 +14,6 @@ from spotguard.metrics import Metrics
 from spotguard.prediction import (
     CALIBRATION_RANGE,
     MIN_SWAP_SAMPLE,
-    SHRINK_SLOWDOWN,
     KernelFigures,
     KmsgLog,
     MemoryNow,
@@ -101,33 +100,52 @@ class FakeLog:
 
 # Issue 11's spotguard arm at the trigger (8 GiB guest, image_size default).
 TRIGGER = MemoryNow(
-    saveable=4670 * MIB, floor=90 * MIB, image_limit=3158 * MIB, anon=3100 * MIB, clean=150 * MIB
+    saveable=4670 * MIB,
+    floor=90 * MIB,
+    image_limit=3158 * MIB,
+    anon=3100 * MIB,
+    clean=150 * MIB,
+    free=(8192 + 300 - 4670) * MIB,
 )
 
 
 def test_the_slowest_known_rate_bounds_each_part() -> None:
     rates = SwapRate()
-    predictor = Predictor(100 * MIB, FakeLog(), rates)
+    predictor = Predictor(100 * MIB, GIB, FakeLog(), rates)
     first = predictor.predict(TRIGGER)
-    assert (first.swap_rate, first.write_rate) == (100 * MIB * SHRINK_SLOWDOWN, 100 * MIB)
+    assert (first.swap_rate, first.write_rate) == (100 * MIB, 100 * MIB)
     assert first.image_bytes == 3158 * MIB
-    assert first.shrink_swap_bytes == 2 * (4670 - 3158 - 150) * MIB
+    assert first.shrink_swap_bytes == (4670 - 3158 - 150) * MIB
+    # a shrink: every frame but the target's is allocated, the excess swapped out on the way
+    assert first.alloc_bytes == TRIGGER.saveable + TRIGGER.free - 3158 * MIB
+    assert first.shrink_s == pytest.approx(
+        first.alloc_bytes / GIB + first.shrink_swap_bytes / (100 * MIB) + 150 * MIB / GIB
+    )
     rates.note(57 * MIB, 1.0)
     seen = predictor.predict(TRIGGER)
     assert (seen.swap_rate, seen.write_rate, seen.rate_source) == (
-        57 * MIB * SHRINK_SLOWDOWN,
+        57 * MIB,
         57 * MIB,
         "swap=reclaim write=reclaim",
     )
     assert seen.total_s > first.total_s
 
 
+def test_below_the_target_only_the_image_is_allocated() -> None:
+    small = dataclasses.replace(TRIGGER, saveable=1024 * MIB, anon=800 * MIB)
+    predicted = Predictor(100 * MIB, 200 * MIB, FakeLog()).predict(small)
+    assert (predicted.shrink_bytes, predicted.alloc_bytes) == (0, 1024 * MIB)
+    assert predicted.shrink_s == pytest.approx(1024 / 200)
+    assert predicted.write_s == pytest.approx(1024 / 100)
+
+
 def test_issue_11s_spotguard_arm_within_a_quarter() -> None:
     """The model against the kernel's own split at the trigger of issue 11's spotguard arm:
-    87.4 s shrink, 73.7 s write, with our reclaim's 57 MB/s and a 36 MB/s write configured."""
+    87.4 s preallocation, 73.7 s write; allocation at 74 MB/s (its oneshot arm), our reclaim's
+    57 MB/s, a 36 MB/s write configured."""
     rates = SwapRate()
     rates.note(57 * 1000 * 1000, 1.0)
-    predicted = Predictor(36 * 1000 * 1000, FakeLog(), rates).predict(TRIGGER)
+    predicted = Predictor(36e6, 74e6, FakeLog(), rates).predict(TRIGGER)
     assert predicted.shrink_s == pytest.approx(87.4, rel=0.25)
     assert predicted.write_s == pytest.approx(73.7, rel=0.25)
     assert predicted.total_s == pytest.approx(87.4 + 73.7, rel=0.25)
@@ -135,7 +153,7 @@ def test_issue_11s_spotguard_arm_within_a_quarter() -> None:
 
 def test_a_hibernation_in_the_log_calibrates_the_shrink() -> None:
     kernel = FakeLog()
-    predictor = Predictor(36 * MIB, kernel)
+    predictor = Predictor(36 * MIB, 74e6, kernel)
     before = predictor.predict(TRIGGER)  # the last prediction before the trigger...
     kernel.pending = [  # ...and after the resume, the kernel's own figure: twice as long
         "PM: hibernation: hibernation entry",
@@ -163,15 +181,22 @@ def test_the_prediction_is_exported_as_a_metric(tmp_path: Path) -> None:
     assert estimate.predicted_write_s > 30.0  # image_size=0: the whole shrink is in it
 
 
-def test_reclaim_pays_while_the_kernel_would_shrink_or_the_write_is_slower() -> None:
+def test_reclaim_pays_while_it_ends_the_shrink_or_the_write_is_slower() -> None:
     rates = SwapRate()
     rates.note(57 * MIB, 1.0)
-    shrinking = Predictor(36 * MIB, FakeLog(), rates).predict(TRIGGER)
-    assert shrinking.reclaim_gain == pytest.approx(2.0 / SHRINK_SLOWDOWN)
+    tcg = Predictor(36 * MIB, 74 * MIB, FakeLog(), rates)
+    shrinking = tcg.predict(TRIGGER)
+    assert shrinking.reclaim_gain > 2.0  # ending the shrink also ends allocating all of RAM
     small = MemoryNow(saveable=GIB, floor=90 * MIB, image_limit=3 * GIB, anon=GIB, clean=0)
-    write_bound = Predictor(36 * MIB, FakeLog(), rates).predict(small)
-    assert write_bound.reclaim_gain == pytest.approx(57 / 36)  # compression slower than swap
-    disk_bound = Predictor(100 * MIB, FakeLog(), rates).predict(small)
-    assert disk_bound.reclaim_gain == pytest.approx(1.0)  # a byte swapped is a byte not written
+    write_bound = tcg.predict(small)
+    assert write_bound.reclaim_gain == pytest.approx(57 / 74 + 57 / 36)
+    native = Predictor(100 * MIB, 64 * GIB, FakeLog(), rates).predict(small)
+    # writing at our own swap rate, allocating fast: a byte swapped is about a byte not written
+    assert native.reclaim_gain == pytest.approx(1.0 + 57 / (64 * 1024))
     nothing = dataclasses.replace(small, anon=0)
-    assert Predictor(36 * MIB, FakeLog(), rates).predict(nothing).reclaim_gain == 0.0
+    assert tcg.predict(nothing).reclaim_gain == 0.0
+    # image_size=0: slab we cannot reclaim keeps the kernel shrinking (allocating all of RAM)
+    # whatever we do; swapping first only moves the same writes ahead
+    anon = TRIGGER.saveable - TRIGGER.floor - 64 * MIB
+    floor_target = dataclasses.replace(TRIGGER, image_limit=0, clean=0, anon=anon)
+    assert tcg.predict(floor_target).reclaim_gain == pytest.approx(1.0, abs=0.05)

@@ -24,7 +24,9 @@ from spotguard.reclaim.engine import (
 )
 from tests.test_reclaim_support import MIB, FakeHost, FakeKernel, psi
 
-CONFIG = ReclaimConfig(background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB))
+CONFIG = ReclaimConfig(
+    background=("batch.slice",), protected=("db.slice",), step=Bytes(128 * MIB), idle_swap=False
+)
 
 
 @pytest.fixture
@@ -72,6 +74,21 @@ def test_light_takes_page_cache_of_background_cgroups_only(host: FakeHost) -> No
     assert all(data.endswith(" swappiness=0") for data in reclaims)
     assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)
     assert len(reclaims) > 2  # staged, not one big write
+
+
+def test_idle_swap_takes_the_background_cgroups_anon_after_their_page_cache(
+    host: FakeHost,
+) -> None:
+    kernel = FakeKernel(host)
+    stages = run(engine(host, kernel, replace(CONFIG, idle_swap=True)), Intensity.LIGHT)
+    assert [(s.cgroup, s.file_bytes, s.anon_bytes) for s in stages] == [
+        ("batch.slice", 300 * MIB, 50 * MIB)
+    ]
+    reclaims = [data for name, data in kernel.writes if name == "batch.slice/memory.reclaim"]
+    first_anon = next(i for i, data in enumerate(reclaims) if "swappiness" not in data)
+    assert all("swappiness=0" in data for data in reclaims[:first_anon])
+    assert all(int(data.split()[0]) <= CONFIG.step for data in reclaims)  # small steps still
+    assert (host.groups["app.slice"].anon, host.groups["db.slice"].anon) == (200 * MIB, 400 * MIB)
 
 
 def test_deep_takes_everything_but_protected_file_first_then_anon(host: FakeHost) -> None:
@@ -124,13 +141,31 @@ def test_steps_are_small_and_bounded(host: FakeHost) -> None:
     assert min(sizes[:-1]) >= MIN_STEP  # only the last one asks for the remainder
 
 
-def test_host_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
-    host.put("/proc/pressure/io", psi(5.0))
+def test_protected_pressure_ends_the_run_before_it_starts(host: FakeHost) -> None:
+    host.put(f"{host.cgroup_root}/db.slice/io.pressure", psi(5.0))
     result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
     assert result.stop_reason == "pressure"
     assert result.reclaimed_bytes == 0
     emergency = engine(host).reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), threading.Event())
     assert emergency.reclaimed_bytes > 0  # 5 % is under the emergency threshold
+
+
+def test_the_hosts_pressure_of_our_own_writes_does_not_stop_a_deep_run(host: FakeHost) -> None:
+    """Issue 11: the host's PSI counts the stalls of our own reclaim; the protected cgroups'
+    own PSI does not."""
+    host.put("/proc/pressure/memory", psi(40.0))
+    host.put("/proc/pressure/io", psi(60.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "complete"
+    assert result.reclaimed_bytes == 650 * MIB
+
+
+def test_without_cgroup_psi_the_hosts_pressure_counts(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", v1=True, swap_free=1024 * MIB)
+    host.add("app.slice", file=100 * MIB, anon=0)
+    host.put("/proc/pressure/io", psi(5.0))
+    result = engine(host).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), threading.Event())
+    assert result.stop_reason == "pressure"
 
 
 def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
@@ -145,7 +180,7 @@ def test_cgroup_pressure_ends_only_that_stage(host: FakeHost) -> None:
 def test_pressure_rising_mid_stage_stops_it(host: FakeHost) -> None:
     def rise(path: Path, data: str) -> None:
         if path.parent.name == "batch.slice":
-            host.put("/proc/pressure/memory", psi(1.0))
+            host.put(f"{host.cgroup_root}/db.slice/memory.pressure", psi(1.0))
 
     result = engine(host, FakeKernel(host, before=rise)).reclaim(
         ReclaimRequest(Intensity.DEEP, 60.0), threading.Event()
@@ -353,3 +388,21 @@ def test_emergency_ends_by_dropping_the_swap_cache_it_left(tmp_path: Path) -> No
     assert dropped["swap_cached_after"] < dropped["swap_cached_before"] // 4
     last = kernel.writes[-1]
     assert last == ("app.slice/memory.reclaim", str(dropped["swap_cached_before"]))
+
+
+def test_a_cancelled_emergency_still_drops_its_swap_cache_briefly(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=8192 * MIB)
+    host.add("app.slice", file=0, anon=2048 * MIB)
+    cancel = threading.Event()
+    kernel = FakeKernel(host, swap_cache=0.25)
+    reclaimer = engine(host, kernel)
+    kernel.before = lambda path, data: cancel.set() if len(kernel.writes) >= 2 else None
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(ReclaimRequest(Intensity.EMERGENCY, 60.0), cancel)
+    assert result.stop_reason == "cancelled"
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_after"] < dropped["swap_cached_before"]
+    assert dropped["duration_s"] <= 1.0
+    deep = engine(host, kernel).reclaim(ReclaimRequest(Intensity.DEEP, 60.0), cancel)
+    assert deep.stop_reason == "cancelled"
+    assert deep.reclaimed_bytes == 0  # only an emergency drops swap cache after a cancel

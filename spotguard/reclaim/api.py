@@ -13,7 +13,7 @@ from typing import Protocol
 class Intensity(StrEnum):
     """How hard to push: idle-time reclaim backs off at the first sign of pressure."""
 
-    LIGHT = "light"  # idle: background cgroups, page cache first, low PSI threshold
+    LIGHT = "light"  # idle: background cgroups, page cache first (then anon: idle_swap), low PSI
     DEEP = "deep"  # rebalance / scheduled stop: every non-protected cgroup, anon too
     EMERGENCY = "emergency"  # a notice with a deadline: high PSI threshold, bounded in time
 

@@ -48,6 +48,7 @@ from spotguard.reclaim.v1 import ForceEmptyBackend, V1LimitBackend, restore_jour
 from spotguard.reclaim.v2 import V2Backend
 from spotguard.reclaim.writer import FileWriter, LibcWriter
 from spotguard.signals.psi import HostPressure
+from spotguard.signals.workload import PressureSource, WorkloadCgroups, WorkloadPressure
 
 log = structlog.get_logger()
 
@@ -55,6 +56,7 @@ MIN_STEP = 16 << 20  # below this, per-step overhead dominates; above config.ste
 EMERGENCY_FIRST_STEP = 256 << 20  # before this run has a rate: ~5 s at a slow guest's 57 MB/s
 EMERGENCY_FILL = 0.8  # of the write timeout an emergency write is sized to take
 SWAP_CACHE_DROP_S = 2.0  # kept back from an emergency budget to drop clean swap cache at its end
+SWAP_CACHE_AFTER_CANCEL_S = 1.0  # what a cancelled emergency may still spend on it
 
 
 class StagedReclaimer:
@@ -85,6 +87,13 @@ class StagedReclaimer:
         install_interrupt_handler(signum)
         self.report: BackendReport = detect_backends(fs, config, self._writer, signum)
         self.last_result: ReclaimResult | None = None
+        # Pressure a run backs off at: on v2 the protected (else all other) cgroups' own, so the
+        # stalls of our own writes, which the host's PSI counts, cannot stop the run. v1 has
+        # no cgroup PSI: the host's.
+        self._pressure: PressureSource = HostPressure(fs)
+        if self.report.hierarchy == "v2" and self.report.memory_root is not None:
+            cgroups = WorkloadCgroups(fs, self.report.memory_root, config.protected)
+            self._pressure = WorkloadPressure(cgroups, fs)
         if self.report.memory_root is not None:
             restore_journal(self._journal, fs, self.report.memory_root, self._writer)
 
@@ -102,7 +111,7 @@ class StagedReclaimer:
             request,
             cancel=cancel,
             progress=progress,
-            pressure=HostPressure(self._fs),
+            pressure=self._pressure,
             swap_free=self._swap_free(),
             swap_rate=self.swap_rate,
             vmstat=lambda: read_vmstat(self._fs),
@@ -161,7 +170,7 @@ class StagedReclaimer:
                 continue
             stages.append(run.stage(cgroup, backend))
         reason = run.limit_reached() or "complete"
-        if run.emergency and reason != "cancelled":
+        if run.emergency:
             self._drop_swap_cache(run, root, stages, backend)
         return tuple(stages), reason
 
@@ -280,7 +289,7 @@ class _Run:
         *,
         cancel: threading.Event,
         progress: ProgressFn | None,
-        pressure: HostPressure,
+        pressure: PressureSource,
         swap_free: int,
         swap_rate: SwapRate,
         vmstat: Callable[[], dict[str, int]],
@@ -300,7 +309,8 @@ class _Run:
         self.swap_rate = swap_rate
         self.vmstat = vmstat
         self.threshold = config.emergency_psi if self.emergency else config.idle_psi
-        anon = request.intensity is not Intensity.LIGHT and swap_free > 0
+        light = request.intensity is Intensity.LIGHT
+        anon = swap_free > 0 and (config.idle_swap or not light)
         self.phases = (Phase.FILE, Phase.ANON) if anon else (Phase.FILE,)
         self.written_bytes = 0  # gained by this run's writes, and the time they took
         self.written_s = 0.0
@@ -313,12 +323,17 @@ class _Run:
         return self.config.write_timeout, "timeout"
 
     def final_writer(self, inner: FileWriter, signum: int) -> BoundedWriter:
-        """For the swap-cache writes at the end of an emergency: the budget kept back for them."""
+        """For the swap-cache writes at the end of an emergency: the budget kept back for them,
+        or, when the planner cancelled us to hibernate, a moment: each clean page dropped now
+        is one the image does not copy and write."""
+        ends = self.final_deadline
+        if self.cancel.is_set():
+            ends = min(ends, self.clock.monotonic() + SWAP_CACHE_AFTER_CANCEL_S)
 
         def left() -> tuple[float, str]:
-            return self.final_deadline - self.clock.monotonic(), "budget"
+            return ends - self.clock.monotonic(), "budget"
 
-        return BoundedWriter(inner, self.cancel, left, signum)
+        return BoundedWriter(inner, threading.Event(), left, signum)
 
     def limit_reached(self) -> str | None:
         if self.cancel.is_set():
@@ -374,7 +389,8 @@ class _Run:
                     outcome = StepOutcome()
                 after = target.usage()
                 gained = tally.add(before, after, outcome.reported_bytes)
-                self._note_rates(gained, swapped_before, self.clock.monotonic() - started)
+                seconds = self.clock.monotonic() - started
+                self._note_rates(nbytes, gained, swapped_before, seconds)
                 log.debug(
                     "reclaim.step",
                     cgroup=target.name,
@@ -399,12 +415,14 @@ class _Run:
                     break
         return "done" if backend.one_shot else "no-progress"
 
-    def _note_rates(self, gained: int, swapped_before: int, seconds: float) -> None:
-        """This run's reclaim rate sizes its emergency writes; its swap rate, the predictions."""
+    def _note_rates(self, asked: int, gained: int, swapped_before: int, seconds: float) -> None:
+        """This run's reclaim rate sizes its emergency writes; its swap rate, the predictions.
+        A write asked for less than MIN_STEP is mostly overhead: it says nothing of the rate."""
         if seconds <= 0:
             return
-        self.written_bytes += gained
-        self.written_s += seconds
+        if asked >= MIN_STEP:
+            self.written_bytes += gained
+            self.written_s += seconds
         swapped = max(self.vmstat().get("pswpout", 0) - swapped_before, 0) * PAGE
         self.swap_rate.note(swapped, seconds)
 

@@ -28,3 +28,4 @@ class HostSample:
     pressure: Pressure
     io_bytes_per_s: float | None  # read + write over all whole disks since the previous sample
     load1: float | None
+    workload_cpu_percent: float | None = None  # the workload cgroups' CPU, % of one CPU
