@@ -26,6 +26,7 @@ KERNEL = {
     "saving": re.compile(r"Compressing and saving image data|Saving image data pages"),
 }
 STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")  # printk's own clock, exact where arrival lags
+PRINTK = re.compile(r"\[\s*\d+\.\d+\]")
 AGENT_ARMS = ("spotguard", "spotguard-hibernate")
 # The agent's prediction in its `hibernate.issued` event (spotguard.estimator's
 # prediction_fields): trigger -> image written, and its parts.
@@ -111,10 +112,13 @@ class Measurement:
 
 
 def markers(lines: Sequence[Line], event: str) -> Iterator[tuple[Line, dict[str, str]]]:
+    """A marker's fields. The kernel may print into the middle of one on the shared serial
+    console ("max_ms=114.30[  420.12] Filesystems sync: ..."): its line ends the marker."""
     for line in lines:
         found = MARKER.search(line.text)
         if found and found.group(1) == event:
-            yield line, dict(w.split("=", 1) for w in found.group(2).split() if "=" in w)
+            words = PRINTK.split(found.group(2), maxsplit=1)[0].split()
+            yield line, dict(w.split("=", 1) for w in words if "=" in w)
 
 
 def marker(lines: Sequence[Line], event: str) -> tuple[Line, dict[str, str]]:

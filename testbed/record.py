@@ -45,6 +45,8 @@ def outcome(seen: Observed, info: RunInfo, error: str = "") -> ArmRun:
         return ArmRun(seen, measure(seen), "", info)
     except MeasureError as exc:
         return ArmRun(seen, None, str(exc), info)
+    except (KeyError, ValueError) as exc:  # a garbled marker: the run is kept, not the figures
+        return ArmRun(seen, None, f"unreadable marker field: {exc!r}", info)
 
 
 def save(folder: Path, run: ArmRun) -> None:
