@@ -154,3 +154,11 @@ def test_goals_are_judged_on_medians_and_every_run(tmp_path: Path) -> None:
     assert "cmd" in text
     saved = json.loads((tmp_path / "hibernation-1M.json").read_text())
     assert [g["verdict"] for g in saved["goals"]][:2] == ["met", "NOT met"]
+
+
+def test_spot_action_hibernate_has_no_deadline_to_judge() -> None:
+    m = measure(observed("spotguard-hibernate", notice_at=125.6, notice_s=None))
+    assert m.deadline_s is None
+    assert m.deadline_slack_s is None
+    checks = report.goals(report.by_arm([m]))
+    assert all(g.met is None for g in checks if g.label.startswith("spotguard: notice"))
