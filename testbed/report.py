@@ -326,6 +326,7 @@ def render(
         "",
         "Commands (each run's own in the JSON):",
         *[f"    {c}" for c in _commands(runs)],
+        f"Checkout: {facts.get('commit', 'unknown')} (the product measured; git log for it)",
         "",
         "RFC: KVM, 8 GB guest. Ours: ratios between arms of one run are what to compare"
         + (" (TCG: the emulated CPU is a co-bottleneck)." if facts.get("accel") == "TCG" else "."),

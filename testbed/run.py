@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -326,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def plan_facts(plan: Plan) -> dict[str, object]:
     return {
+        "commit": _commit(),
         "accel": plan.machine.accel.upper(),
         "memory_mib": plan.machine.memory_mib,
         "cpus": plan.machine.cpus,
@@ -337,6 +339,29 @@ def plan_facts(plan: Plan) -> dict[str, object]:
         "notice_s": plan.notice_s,
         "workload": f"{plan.anon_percent:g} % anon + {plan.cache_percent:g} % page cache",
     }
+
+
+def _commit() -> str:
+    """The checkout's commit (with "+dirty" when it has changes): the agent measured is its."""
+    top = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(top), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(top), "status", "--porcelain", "--", "spotguard", "testbed"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":
