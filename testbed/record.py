@@ -27,6 +27,9 @@ class RunInfo:
     command: str = ""
     started_utc: str = ""
     facts: dict[str, Any] = field(default_factory=dict)
+    # The host's 1-minute load average at the run's start and end: the machine is shared, and
+    # a ratio between runs at load 8 and load 3 says as much about the host as about the arms.
+    host_load: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ def save(folder: Path, run: ArmRun) -> None:
         "command": run.info.command,
         "started_utc": run.info.started_utc,
         "facts": run.info.facts,
+        "host_load": list(run.info.host_load),
         "error": run.error,
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,7 +91,12 @@ def load(folder: Path) -> ArmRun:
             notice_s=_optional(facts.get("notice_s")),
             prediction_overhead_s=float(facts.get("prediction_overhead_s", 0.0)),
         )
-        info = RunInfo(str(facts["command"]), str(facts["started_utc"]), dict(facts["facts"]))
+        info = RunInfo(
+            str(facts["command"]),
+            str(facts["started_utc"]),
+            dict(facts["facts"]),
+            tuple(float(x) for x in facts.get("host_load", ())),
+        )
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{folder}: not a recorded run ({exc})") from None
     return outcome(seen, info, str(facts.get("error") or ""))

@@ -140,6 +140,7 @@ def _run_record(run: ArmRun) -> dict[str, Any]:
         "image_size": run.observed.image_size,
         "started_utc": run.info.started_utc,
         "command": run.info.command,
+        "host_load": list(run.info.host_load),
     }
     m = run.measurement
     if m is None:
@@ -380,6 +381,7 @@ PER_RUN = (
     "floor MiB",
     "shrink / snapshot / write / other s",
     "resume s (read s)",
+    "host load (start, end)",
 )
 
 
@@ -403,6 +405,7 @@ def _per_run(run: ArmRun) -> list[str]:
         f"{m.floor_bytes / MIB:.0f}",
         split,
         f"{m.resume_s:.1f} ({m.read_s:.1f})",
+        ", ".join(f"{x:.1f}" for x in run.info.host_load) or "-",
     ]
 
 

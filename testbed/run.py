@@ -11,6 +11,7 @@ rebuild a report over several invocations.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import subprocess
@@ -98,7 +99,9 @@ def run_arm(
         info or RunInfo(facts=plan_facts(plan)),
         started_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    load = os.getloadavg()[0]
     done = _run_arm(image, plan, (arm, image_size), folder, info)
+    done = replace(done, info=replace(done.info, host_load=(load, os.getloadavg()[0])))
     record.save(folder, done)
     return done
 
