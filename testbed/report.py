@@ -129,6 +129,7 @@ def write(runs: Sequence[ArmRun], out: Path) -> Path:
     }
     stem.with_suffix(".json").write_text(json.dumps(_finite(record), indent=2) + "\n")
     plotted = [r for r in runs if r.measurement and r.observed.arm == "spotguard"]
+    plotted.sort(key=lambda r: r.observed.image_size == "default")  # the goals' row last
     if plotted:
         plot(plotted[-1], facts, stem.with_suffix(".png"))
     return stem.with_suffix(".txt")
