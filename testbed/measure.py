@@ -22,7 +22,15 @@ KERNEL = {
     "copy_pages": re.compile(r"Need to copy (\d+) pages"),
     "wrote": re.compile(r"Wrote (\d+) kbytes in ([\d.]+) seconds"),
     "read": re.compile(r"Read (\d+) kbytes in ([\d.]+) seconds"),
+    # Where the kernel starts writing: the end of its snapshot (device suspend, the copy).
+    "saving": re.compile(r"Compressing and saving image data|Saving image data pages"),
 }
+STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")  # printk's own clock, exact where arrival lags
+PRINTK = re.compile(r"\[\s*\d+\.\d+\]")
+AGENT_ARMS = ("spotguard", "spotguard-hibernate")
+# The agent's prediction in its `hibernate.issued` event (spotguard.estimator's
+# prediction_fields): trigger -> image written, and its parts.
+PREDICTION_FIELDS = ("predicted_s", "predicted_shrink_s", "predicted_image_write_s")
 
 
 class MeasureError(ValueError):
@@ -41,7 +49,10 @@ class Observed:
     second: Sequence[Line]
     second_started: float
     disk_bps: int
-    notice_at: float | None = None
+    notice_at: float | None = None  # agent arms: when the host posted the notice
+    notice_s: float | None = None  # the notice's lead time; None: EC2 hibernates at once
+    # The agent's hibernate.fixed_overhead: its `predicted_s` leaves it out, its planner adds it.
+    prediction_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +63,15 @@ class Measurement:
     image_size: str
     hibernate_s: float  # trigger marker -> QEMU exit
     resume_s: float  # second QEMU start -> the resumed workload's "back" marker
-    notice_to_exit_s: float | None  # spotguard: spot notice posted -> QEMU exit
+    # Spot notice -> QEMU exit. Agent arms: from when the host posted it; vanilla and oneshot
+    # hibernate at the moment the notice would come (their trigger), so from their trigger.
+    notice_to_exit_s: float
+    deadline_s: float | None  # the notice's lead time (None: action hibernate, no deadline)
+    # The agent's own prediction of its hibernation (its predicted_s + fixed_overhead), when it
+    # logs one, and two of its parts as logged: the kernel's shrink and the image write.
+    predicted_s: float | None
+    predicted_shrink_s: float | None  # vs prealloc_s
+    predicted_write_s: float | None  # vs write_s
     image_bytes: int  # pages the kernel copied, uncompressed
     written_bytes: int  # compressed image written to swap
     write_s: float
@@ -60,9 +79,14 @@ class Measurement:
     read_bytes: int
     read_s: float
     prealloc_s: float  # the kernel's shrink/preallocation inside the hibernation window
-    floor_bytes: int  # the kernel's floor at the trigger (what it cannot shrink)
+    snapshot_s: float  # end of the shrink -> start of the write: devices, the atomic copy
+    other_s: float  # the rest of the window: freezing tasks, sync, power-off, console lag
+    floor_bytes: int  # the kernel's floor at the trigger (reserved pages included)
+    reserved_bytes: int  # pages present but not managed (kernel, memmap): always saved
     saveable_bytes: int
+    swap_cached_bytes: int  # in RAM and in swap at the trigger: the kernel copies them again
     swap_used_bytes: int  # swapped out before the trigger
+    anon_reclaim_bps: float | None  # swap-out rate during the oneshot write / emergency reclaim
     reclaim_before_s: float  # reclaim time spent before the trigger
     fg_p99_ms: float  # foreground 10 ms sleep overshoot over the idle window
     fg_max_ms: float
@@ -74,12 +98,27 @@ class Measurement:
     def image_over_floor(self) -> float:
         return self.image_bytes / self.floor_bytes if self.floor_bytes else float("nan")
 
+    @property
+    def prediction_error(self) -> float | None:
+        """predicted / measured - 1: negative means the agent expected to be done sooner."""
+        if self.predicted_s is None or self.hibernate_s <= 0:
+            return None
+        return self.predicted_s / self.hibernate_s - 1.0
+
+    @property
+    def deadline_slack_s(self) -> float | None:
+        """Seconds to spare before the deadline (the goal: at least 10)."""
+        return None if self.deadline_s is None else self.deadline_s - self.notice_to_exit_s
+
 
 def markers(lines: Sequence[Line], event: str) -> Iterator[tuple[Line, dict[str, str]]]:
+    """A marker's fields. The kernel may print into the middle of one on the shared serial
+    console ("max_ms=114.30[  420.12] Filesystems sync: ..."): its line ends the marker."""
     for line in lines:
         found = MARKER.search(line.text)
         if found and found.group(1) == event:
-            yield line, dict(w.split("=", 1) for w in found.group(2).split() if "=" in w)
+            words = PRINTK.split(found.group(2), maxsplit=1)[0].split()
+            yield line, dict(w.split("=", 1) for w in words if "=" in w)
 
 
 def marker(lines: Sequence[Line], event: str) -> tuple[Line, dict[str, str]]:
@@ -90,10 +129,27 @@ def marker(lines: Sequence[Line], event: str) -> tuple[Line, dict[str, str]]:
 
 def kernel(lines: Sequence[Line], what: str) -> tuple[float, ...]:
     """The numbers of the last kernel line of kind `what` (a later attempt supersedes)."""
-    found = [m for ln in lines if (m := KERNEL[what].search(ln.text))]
-    if not found:
-        raise MeasureError(f"no kernel line for {what!r} ({KERNEL[what].pattern})")
-    return tuple(float(g) for g in found[-1].groups())
+    return tuple(float(g) for g in kernel_line(lines, what)[1].groups())
+
+
+def kernel_line(lines: Sequence[Line], what: str) -> tuple[Line, re.Match[str]]:
+    for line in reversed(lines):
+        if found := KERNEL[what].search(line.text):
+            return line, found
+    raise MeasureError(f"no kernel line for {what!r} ({KERNEL[what].pattern})")
+
+
+def stamp(line: Line) -> float:
+    """The kernel's own timestamp of a printk line, else the host's arrival time."""
+    found = STAMP.match(line.text)
+    return float(found.group(1)) if found else line.t
+
+
+def between(first: Line, second: Line) -> float:
+    """Seconds between two lines: by the kernel's clock when both carry its stamp."""
+    if STAMP.match(first.text) and STAMP.match(second.text):
+        return stamp(second) - stamp(first)
+    return second.t - first.t
 
 
 def agent_events(lines: Sequence[Line]) -> Iterator[tuple[Line, dict[str, Any]]]:
@@ -118,16 +174,20 @@ def measure(seen: Observed) -> Measurement:
     copy_pages = kernel(seen.first, "copy_pages")[0]
     wrote_kb, write_s = kernel(seen.first, "wrote")
     read_kb, read_s = kernel(seen.second, "read")
-    try:
-        prealloc_s = kernel(seen.first, "allocated")[1]
-    except MeasureError:  # nothing to preallocate: the kernel prints no line
-        prealloc_s = 0.0
+    hibernate_s = seen.first_exited - trigger.t
+    prealloc_s, snapshot_s = _kernel_split(seen.first)
+    notice_at = seen.notice_at if seen.notice_at is not None else trigger.t
+    prediction = _prediction(seen.first)
     return Measurement(
         arm=seen.arm,
         image_size=seen.image_size,
-        hibernate_s=seen.first_exited - trigger.t,
+        hibernate_s=hibernate_s,
         resume_s=back.t - seen.second_started,
-        notice_to_exit_s=None if seen.notice_at is None else seen.first_exited - seen.notice_at,
+        notice_to_exit_s=seen.first_exited - notice_at,
+        deadline_s=seen.notice_s,
+        predicted_s=None if prediction[0] is None else prediction[0] + seen.prediction_overhead_s,
+        predicted_shrink_s=prediction[1],
+        predicted_write_s=prediction[2],
         image_bytes=int(copy_pages) * PAGE,
         written_bytes=int(wrote_kb) * 1024,
         write_s=write_s,
@@ -135,9 +195,14 @@ def measure(seen: Observed) -> Measurement:
         read_bytes=int(read_kb) * 1024,
         read_s=read_s,
         prealloc_s=prealloc_s,
+        snapshot_s=snapshot_s,
+        other_s=hibernate_s - prealloc_s - snapshot_s - write_s,
         floor_bytes=int(at_trigger["floor"]),
+        reserved_bytes=int(at_trigger.get("reserved", 0)),
         saveable_bytes=int(at_trigger["saveable"]),
+        swap_cached_bytes=int(at_trigger.get("swap_cached", 0)),
         swap_used_bytes=int(at_trigger["swap_used"]),
+        anon_reclaim_bps=_anon_reclaim_rate(seen.first, trigger),
         reclaim_before_s=_reclaim_before(seen.first, trigger),
         fg_p99_ms=float(fg["p99_ms"]),
         fg_max_ms=float(fg["max_ms"]),
@@ -145,6 +210,52 @@ def measure(seen: Observed) -> Measurement:
         retouch_s=float(retouch["seconds"]),
         checksum_ok=retouch["ok"] == "1" and warm["ok"] == "1",
     )
+
+
+def _kernel_split(lines: Sequence[Line]) -> tuple[float, float]:
+    """The kernel's shrink (its own figure) and its snapshot: from the end of the shrink (or
+    the start of hibernation when nothing was preallocated) to the start of the write."""
+    saving, _ = kernel_line(lines, "saving")
+    try:
+        allocated, found = kernel_line(lines, "allocated")
+    except MeasureError:  # nothing to preallocate: the kernel prints no line
+        entry = next((ln for ln in lines if "Preallocating image memory" in ln.text), saving)
+        return 0.0, between(entry, saving)
+    return float(found.group(2)), between(allocated, saving)
+
+
+def _prediction(lines: Sequence[Line]) -> tuple[float | None, ...]:
+    """The agent's predicted seconds at its (last) `hibernate.issued`: total, shrink, write;
+    None where it logged none."""
+    issued = [e for _, e in agent_events(lines) if e["event"] == "hibernate.issued"]
+    last = issued[-1] if issued else {}
+    return tuple(
+        float(v) if isinstance(v := last.get(name), int | float) else None
+        for name in PREDICTION_FIELDS
+    )
+
+
+def _anon_reclaim_rate(lines: Sequence[Line], trigger: Line) -> float | None:
+    """Swap-out bytes per second during the reclaim that races the clock: the oneshot arm's
+    one write, or the agent's emergency reclaim runs finished before the trigger. Swap growth
+    comes from the once-a-second memory samples, so windows under ~5 s are rough."""
+    windows = [(ln.t - float(f["seconds"]), ln.t) for ln, f in markers(lines, "reclaim-done")] + [
+        (ln.t - float(e.get("duration_s", 0.0)), ln.t)
+        for ln, e in agent_events(lines)
+        if e["event"] == "reclaim.done" and e.get("intensity") == "emergency" and ln.t <= trigger.t
+    ]
+    samples = [(ln.t, float(f["swap_used"])) for ln, f in markers(lines, "mem")]
+    swapped = sum(_at(samples, end) - _at(samples, start) for start, end in windows)
+    seconds = sum(end - start for start, end in windows)
+    return swapped / seconds if seconds > 0 and samples else None
+
+
+def _at(samples: Sequence[tuple[float, float]], t: float) -> float:
+    """The sampled value at host time `t`, linearly between the samples around it."""
+    before = [(st, v) for st, v in samples if st <= t] or samples[:1]
+    after = [(st, v) for st, v in samples if st >= t] or samples[-1:]
+    (t0, v0), (t1, v1) = before[-1], after[0]
+    return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
 
 def _reclaim_before(lines: Sequence[Line], trigger: Line) -> float:

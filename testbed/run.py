@@ -3,43 +3,55 @@
 Each arm run boots the guest twice on fresh disks. Boot 1 runs the workload, idles, prepares
 the arm's way and hibernates (QEMU exits once the image is written); boot 2 resumes from the
 swap disk and re-touches the working set. ``--help`` lists the knobs; results go to
-``--out`` (text table, JSON, a PNG of one spotguard run), console logs to ``--out/tmp``.
+``--out`` (text table, JSON, a PNG of one spotguard run), each run's console logs and host
+times to a folder of its own under ``--out/tmp``, from which ``--add`` and ``--report-only``
+rebuild a report over several invocations.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
+import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import structlog
 
+from spotguard import config
 from spotguard.simulator import MetadataSimulator
-from testbed import report
+from testbed import record, report
 from testbed.guest import BaseImage, Disks, Guest, GuestError, ImdsNetwork, Machine
-from testbed.image import CACHE_DIR, build_base
-from testbed.measure import MeasureError, Measurement, Observed, measure
+from testbed.image import CACHE_DIR, INGUEST, build_base
+from testbed.measure import AGENT_ARMS, Observed
+from testbed.record import ArmRun, RunInfo
 
 log = structlog.get_logger()
 
-ARMS = ("vanilla", "oneshot", "spotguard")
+# spotguard-hibernate: the agent's readiness alone, for spot action `hibernate` (EC2 starts
+# hibernating at the notice: no lead time, only what was reclaimed before counts).
+ARMS = ("vanilla", "oneshot", "spotguard", "spotguard-hibernate")
+DEFAULT_ARMS = ARMS[:3]
 IMAGE_SIZES = ("default", "0")
 BOOT_TIMEOUT = 900.0  # TCG on a busy 2-core host is slow
 SWAP_SLACK = 512 << 20
+# The guest agent's configuration, for what its log leaves out (its fixed hibernation overhead).
+AGENT_CONFIG = config.load(INGUEST / "spotguard.toml", env={})
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     """One benchmark invocation: which arms, how big, how long to idle."""
 
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[str, ...] = DEFAULT_ARMS
     image_sizes: tuple[str, ...] = ("default",)
     runs: int = 1
     machine: Machine = field(default_factory=Machine)
@@ -72,15 +84,32 @@ class Plan:
         return ["cloud-init=disabled", *(f"testbed.{k}={v}" for k, v in knobs.items())]
 
 
-@dataclass(frozen=True, slots=True)
-class ArmRun:
-    observed: Observed
-    measurement: Measurement | None
-    error: str = ""
+def run_arm(
+    image: BaseImage,
+    plan: Plan,
+    arm: str,
+    image_size: str,
+    folder: Path,
+    *,
+    info: RunInfo | None = None,
+) -> ArmRun:
+    """Both boots of one arm run, recorded in `folder`; the disks are deleted whatever
+    happens."""
+    info = replace(
+        info or RunInfo(facts=plan_facts(plan)),
+        started_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    load = os.getloadavg()[0]
+    done = _run_arm(image, plan, (arm, image_size), folder, info)
+    done = replace(done, info=replace(done.info, host_load=(load, os.getloadavg()[0])))
+    record.save(folder, done)
+    return done
 
 
-def run_arm(image: BaseImage, plan: Plan, arm: str, image_size: str, folder: Path) -> ArmRun:
-    """Both boots of one arm run; the disks are deleted whatever happens."""
+def _run_arm(
+    image: BaseImage, plan: Plan, arm_size: tuple[str, str], folder: Path, info: RunInfo
+) -> ArmRun:
+    arm, image_size = arm_size
     disks = Disks.create(image, folder, swap_bytes=plan.swap_bytes)
     try:
         with _simulator(arm) as simulator:
@@ -117,16 +146,16 @@ def run_arm(image: BaseImage, plan: Plan, arm: str, image_size: str, folder: Pat
                 second_started=second.started,
                 disk_bps=plan.machine.disk_bps,
                 notice_at=notice_at,
+                notice_s=None if arm == "spotguard-hibernate" else plan.notice_s,
+                prediction_overhead_s=AGENT_CONFIG.hibernate.fixed_overhead,
             )
     except GuestError as exc:
         log.warning("run.failed", arm=arm, image_size=image_size, error=str(exc))
-        return ArmRun(Observed(arm, image_size, [], 0.0, 0.0, [], 0.0, 0), None, str(exc))
+        empty = Observed(arm, image_size, [], 0.0, 0.0, [], 0.0, 0)
+        return record.outcome(empty, info, str(exc))
     finally:
         disks.remove()
-    try:
-        return ArmRun(seen, measure(seen))
-    except MeasureError as exc:
-        return ArmRun(seen, None, str(exc))
+    return record.outcome(seen, info)
 
 
 def _hibernate(
@@ -138,8 +167,9 @@ def _hibernate(
     folder: Path,
     simulator: MetadataSimulator | None,
 ) -> tuple[Guest, float | None]:
-    """Boot 1: load, idle, prepare, hibernate. In the spotguard arm the spot notice is ours
-    to send, once the guest has idled as long as the other arms do before their trigger."""
+    """Boot 1: load, idle, prepare, hibernate. In the agent arms the spot notice is ours to
+    send, once the guest has idled as long as the other arms do before their trigger: action
+    `stop` with its lead time, or `hibernate`, the moment the guest hibernates itself."""
     arm, image_size = arm_size
     notice_at = None
     with Guest.boot(
@@ -154,19 +184,22 @@ def _hibernate(
         idle = guest.wait_for(r"TESTBED idle-start", BOOT_TIMEOUT)
         if simulator is not None:
             time.sleep(max(0.0, idle.t + plan.idle_s - time.monotonic()))
-            simulator.set_notice("stop", in_seconds=plan.notice_s)
+            action = "hibernate" if arm == "spotguard-hibernate" else "stop"
+            simulator.set_notice(action, in_seconds=plan.notice_s)
             notice_at = time.monotonic()
         trigger = guest.wait_for(r"TESTBED (trigger|hibernate-failed)", BOOT_TIMEOUT, idle.index)
         if "failed" in trigger.text:
             raise GuestError(f"hibernation failed in the guest: {trigger.text}")
         guest.wait_exit(BOOT_TIMEOUT)
+    if simulator is not None and arm == "spotguard-hibernate":
+        simulator.clear_notice()  # as on EC2: a started instance has no instance-action
     return guest, notice_at
 
 
 @contextmanager
 def _simulator(arm: str) -> Iterator[MetadataSimulator | None]:
-    """The metadata simulator on 127.0.0.1, for the arm that runs the real agent."""
-    if arm != "spotguard":
+    """The metadata simulator on 127.0.0.1, for the arms that run the real agent."""
+    if arm not in AGENT_ARMS:
         yield None
         return
     with MetadataSimulator(address="127.0.0.1", port=0) as simulator:
@@ -203,15 +236,17 @@ def detect_accel(image: BaseImage, folder: Path, timeout: float = 60.0) -> str:
         disks.remove()
 
 
-def benchmark(image: BaseImage, plan: Plan, out: Path) -> list[ArmRun]:
+def benchmark(image: BaseImage, plan: Plan, out: Path, command: str) -> list[ArmRun]:
+    """Every arm of every row, `plan.runs` times, each run in a new folder under out/tmp."""
     runs = []
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    info = RunInfo(command=command, facts=plan_facts(plan))
     for image_size in plan.image_sizes:
         for index in range(plan.runs):
             for arm in plan.arms:
-                folder = out / "tmp" / f"{plan.machine.memory_mib}M-{image_size}-{arm}-{index}"
-                shutil.rmtree(folder, ignore_errors=True)
+                name = f"{plan.machine.memory_mib}M-{image_size}-{arm}-{stamp}-{index}"
                 log.info("run.start", arm=arm, image_size=image_size, run=index)
-                done = run_arm(image, plan, arm, image_size, folder)
+                done = run_arm(image, plan, arm, image_size, out / "tmp" / name, info=info)
                 log.info(
                     "run.done",
                     arm=arm,
@@ -226,7 +261,9 @@ def benchmark(image: BaseImage, plan: Plan, out: Path) -> list[ArmRun]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testbed.run", description=__doc__)
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated, from %(default)s")
+    parser.add_argument(
+        "--arms", default=",".join(DEFAULT_ARMS), help=f"comma-separated, from {','.join(ARMS)}"
+    )
     parser.add_argument("--image-size", default="default", help="default, 0, or default,0")
     parser.add_argument("--memory", type=int, default=2048, help="guest MiB (8192 for the RFC's)")
     parser.add_argument("--cpus", type=int, default=2)
@@ -247,6 +284,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="report these runs together with those recorded before under OUT/tmp (same --memory)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="boot nothing: a report of the runs recorded under OUT/tmp (same --memory)",
+    )
     args = parser.parse_args(argv)
     # A stopped benchmark still stops its guests and deletes its disks (the `with` blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -254,6 +301,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = tuple(s for s in args.image_size.split(",") if s)
     if unknown := [a for a in arms if a not in ARMS] + [s for s in sizes if s not in IMAGE_SIZES]:
         parser.error(f"unknown arm or image size: {', '.join(unknown)}")
+    earlier = (
+        record.recorded([args.out / "tmp"], args.memory) if args.add or args.report_only else []
+    )
+    if args.report_only:
+        if not earlier:
+            parser.error(f"no recorded {args.memory} MiB runs under {args.out / 'tmp'}")
+        written = report.write(earlier, args.out)
+        print(written.read_text())
+        return 0 if all(r.measurement for r in earlier) else 1
     image = build_base(args.cache)
     accel = args.accel if args.accel != "auto" else detect_accel(image, args.out / "tmp" / "probe")
     plan = Plan(
@@ -265,14 +321,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent_idle_s=args.agent_idle,
         agent_cpu_idle=args.agent_cpu_idle,
     )
-    runs = benchmark(image, plan, args.out)
-    written = report.write(plan_facts(plan), runs, args.out)
+    command = shlex.join(["python", "-m", "testbed.run", *(sys.argv[1:] if argv is None else argv)])
+    runs = benchmark(image, plan, args.out, command)
+    written = report.write([*earlier, *runs], args.out)
     print(written.read_text())
     return 0 if all(r.measurement for r in runs) else 1
 
 
 def plan_facts(plan: Plan) -> dict[str, object]:
     return {
+        "commit": _commit(),
         "accel": plan.machine.accel.upper(),
         "memory_mib": plan.machine.memory_mib,
         "cpus": plan.machine.cpus,
@@ -281,8 +339,32 @@ def plan_facts(plan: Plan) -> dict[str, object]:
         "agent_idle_s": plan.agent_idle_s,
         "agent_cpu_idle_percent": plan.agent_cpu_idle,
         "runs": plan.runs,
+        "notice_s": plan.notice_s,
         "workload": f"{plan.anon_percent:g} % anon + {plan.cache_percent:g} % page cache",
     }
+
+
+def _commit() -> str:
+    """The checkout's commit (with "+dirty" when it has changes): the agent measured is its."""
+    top = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(top), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(top), "status", "--porcelain", "--", "spotguard", "testbed"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

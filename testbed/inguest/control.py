@@ -3,6 +3,9 @@
 vanilla: idle, hibernate. oneshot: the RFC's daemon, one write of the load cgroup's whole
 usage to ``memory.reclaim`` once idle, then hibernate. spotguard: start the real agent and
 leave the rest to it; the host sends the spot notice through the metadata simulator.
+spotguard-hibernate: the agent runs, but the notice's action is ``hibernate``: EC2 starts the
+hibernation at the notice with no lead time, so this program hibernates at the moment the host
+posts it, and only what the agent reclaimed before counts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from testbed.inguest.common import (
 )
 
 AGENT_UNIT = "testbed-agent.service"
+AGENT_ARMS = ("spotguard", "spotguard-hibernate")
 
 
 def start_agent(knobs: dict[str, str]) -> None:
@@ -61,7 +65,7 @@ def main() -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     if knobs.get("image_size") == "0":
         write_sysfs(Path("/sys/power/image_size"), "0")
-    if arm == "spotguard":
+    if arm in AGENT_ARMS:
         start_agent(knobs)
     wait_loaded()
     idle = float(knobs.get("idle", "60"))

@@ -20,13 +20,15 @@ from testbed.inguest.common import (
     meminfo,
     params,
     record,
+    reserved_bytes,
     say,
     signal_program,
     write_sysfs,
 )
 
 POWER = Path("/sys/power")
-# What the kernel can shrink at hibernation; the rest of the saveable pages is its floor.
+# What the kernel can shrink at hibernation; the rest of the saveable pages (reserved pages
+# present in memory included) is its floor.
 SHRINKABLE = ("SReclaimable", "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)")
 
 
@@ -47,13 +49,16 @@ def main(argv: list[str]) -> int:
     record("trigger", f"{time.monotonic():.3f}")
     signal_program("monitor", signal.SIGUSR1)
     mem = meminfo()
-    saveable = mem["MemTotal"] - mem["MemFree"]
+    reserved = reserved_bytes()
+    saveable = mem["MemTotal"] - mem["MemFree"] + reserved
     shrinkable = sum(mem[k] for k in SHRINKABLE)
     say(
         "trigger",
         image_size=(POWER / "image_size").read_text().strip(),
         saveable=saveable,
         floor=saveable - shrinkable,
+        reserved=reserved,
+        swap_cached=mem["SwapCached"],
         swap_used=mem["SwapTotal"] - mem["SwapFree"],
     )
     status = 0

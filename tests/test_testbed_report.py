@@ -1,0 +1,164 @@
+"""The testbed's arithmetic on recorded consoles, without a guest: what one run's lines say
+(the kernel's time split, the agent's prediction, the deadline), a run folder read back from
+its logs, and issue 11's goals judged met / NOT met / not measured from medians."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from testbed import record, report
+from testbed.guest import Line
+from testbed.measure import MeasureError, Measurement, Observed, measure
+from testbed.record import ArmRun, RunInfo
+
+# Lines as a 1 GiB guest printed them (kernel printk stamps; host arrival times in front).
+FIRST = [
+    (100.0, "TESTBED idle-start t=40.0 arm=spotguard idle=25"),
+    (101.0, "TESTBED mem t=41 swap_used=0 load=1"),
+    (101.5, "[  OK  ] Started\r\x1b[K[  OK  ] systemd redraws its status line"),
+    (
+        103.0,
+        '{"event": "reclaim.done", "intensity": "emergency", "reclaimed_bytes": 300000000, '
+        '"duration_s": 2.0}',
+    ),
+    (104.0, "TESTBED mem t=44 swap_used=200000000 load=1"),
+    (
+        125.0,
+        '{"event": "hibernate.issued", "why_now": "image-small", "image_bytes": 231919616, '
+        '"seconds_left": 100.0, "predicted_s": 30.0, "predicted_shrink_s": 9.0, '
+        '"predicted_image_write_s": 20.0}',
+    ),
+    (125.5, "[   65.308203] PM: hibernation: hibernation entry"),
+    (
+        125.6,
+        "TESTBED trigger t=65.323 image_size=384188416 saveable=998621184 floor=106442752 "
+        "reserved=68165632 swap_cached=155774976 swap_used=203042816",
+    ),
+    (125.7, "TESTBED fg t=65.4 n=100 p50_ms=1.00 p99_ms=6.05 max_ms=89.89[   65.4] Filesystems"),
+    (125.8, "[   65.632362] PM: hibernation: Preallocating image memory"),
+    (134.0, "[   74.042479] PM: hibernation: Allocated 229300 kbytes in 8.40 seconds (27.29 MB/s)"),
+    (135.0, "[   74.312666] PM: hibernation: Need to copy 56621 pages"),
+    (135.1, "[   74.538475] PM: Compressing and saving image data (56732 pages)..."),
+    (150.0, "[   89.727781] PM: hibernation: Wrote 226928 kbytes in 15.18 seconds (14.94 MB/s)"),
+    (20.0, "TESTBED warm t=30 seconds=9.119 ok=1"),
+]
+SECOND = [
+    (230.0, "[   40.1] PM: hibernation: Read 226928 kbytes in 20.94 seconds (10.83 MB/s)"),
+    (255.0, "TESTBED back t=50"),
+    (280.0, "TESTBED retouch t=70 seconds=20.076 ok=1"),
+]
+
+
+def lines(raw: list[tuple[float, str]]) -> list[Line]:
+    return [Line(t, text, i) for i, (t, text) in enumerate(raw)]
+
+
+def observed(arm: str = "spotguard", **changes: object) -> Observed:
+    seen = Observed(
+        arm=arm,
+        image_size="default",
+        first=lines(FIRST),
+        first_started=0.0,
+        first_exited=151.0,
+        second=lines(SECOND),
+        second_started=200.0,
+        disk_bps=100 << 20,
+        notice_at=101.0 if arm == "spotguard" else None,
+        notice_s=120.0,
+        prediction_overhead_s=10.0,
+    )
+    return replace(seen, **changes)  # type: ignore[arg-type]
+
+
+def test_one_run_figures_come_from_its_lines() -> None:
+    m = measure(observed())
+    assert m.hibernate_s == pytest.approx(151.0 - 125.6)
+    assert m.notice_to_exit_s == pytest.approx(50.0)
+    assert m.deadline_slack_s == pytest.approx(70.0)
+    # the agent's predicted_s leaves its fixed overhead out; its planner adds it, so do we
+    assert (m.predicted_s, m.predicted_shrink_s, m.predicted_write_s) == (40.0, 9.0, 20.0)
+    assert m.prediction_error == pytest.approx(40.0 / 25.4 - 1)
+    assert m.prealloc_s == 8.4
+    # by the kernel's own clock, not the lines' arrival: Allocated -> Compressing and saving
+    assert m.snapshot_s == pytest.approx(74.538475 - 74.042479)
+    assert m.other_s == pytest.approx(m.hibernate_s - 8.4 - m.snapshot_s - 15.18)
+    assert m.image_bytes == 56621 * 4096
+    assert m.reserved_bytes == 68165632
+    assert m.floor_bytes == 106442752
+    # 200 MB swapped out over the 2 s emergency window (interpolated between samples)
+    assert m.anon_reclaim_bps == pytest.approx((200e6 * 2 / 3) / 2.0)
+    assert m.read_s == 20.94
+    assert m.checksum_ok
+    assert m.fg_max_ms == 89.89  # the kernel's line printed into the marker's is cut off
+
+
+def test_an_arm_without_the_notice_is_timed_from_its_trigger() -> None:
+    m = measure(observed("vanilla"))
+    assert m.notice_to_exit_s == pytest.approx(m.hibernate_s)
+    assert m.predicted_s == 40.0  # from the lines; a vanilla console has none in real runs
+
+
+def test_a_console_without_the_kernel_write_is_an_error_not_a_zero() -> None:
+    first = [(t, text) for t, text in FIRST if "Wrote" not in text]
+    with pytest.raises(MeasureError, match="wrote"):
+        measure(observed(first=lines(first)))
+
+
+def test_a_run_folder_reads_back_to_the_same_figures(tmp_path: Path) -> None:
+    seen = observed()
+    for name, raw in zip(record.CONSOLES, (FIRST, SECOND), strict=True):
+        text = "".join(f"{t:.3f} {line}\n" for t, line in raw)
+        (tmp_path / f"{name}.console").write_text(text)
+    info = RunInfo("python -m testbed.run --memory 1024", "2026-12-01T20:00:00Z", {"memory_mib": 1})
+    record.save(tmp_path, record.outcome(seen, info))
+    again = record.load(tmp_path)
+    assert again.measurement == measure(seen)
+    assert again.info == info
+    assert record.recorded([tmp_path.parent], memory_mib=2) == []
+
+
+def run(m: Measurement) -> ArmRun:
+    return ArmRun(observed(m.arm), m, "", RunInfo("cmd", "2026-12-01T20:00:00Z", {"memory_mib": 1}))
+
+
+def test_goals_are_judged_on_medians_and_every_run(tmp_path: Path) -> None:
+    sg = measure(observed())
+    van = replace(measure(observed("vanilla")), hibernate_s=500.0, resume_s=100.0)
+    runs = [
+        run(van),
+        run(replace(sg, hibernate_s=20.0, resume_s=30.0)),
+        run(replace(sg, hibernate_s=30.0, resume_s=30.0)),
+        run(replace(sg, hibernate_s=40.0, resume_s=30.0, notice_to_exit_s=115.0)),
+    ]
+    text = report.write(runs, tmp_path).read_text()
+    checks = report.goals(report.by_arm([r.measurement for r in runs if r.measurement]))
+
+    def goal(start: str) -> report.Goal:
+        return next(g for g in checks if g.label.startswith(start))
+
+    hib = goal("hibernate spotguard/vanilla <= 0.069 (image_size=default)")
+    assert hib.value == pytest.approx(30.0 / 500.0)  # the median run over vanilla's
+    assert hib.met is True
+    assert goal("hibernate spotguard/vanilla <= 0.069 (image_size=0)").met is None
+    deadline = goal("spotguard: notice")
+    assert deadline.met is False  # one run of three left 5 s: every run must leave 10
+    assert deadline.value == pytest.approx(5.0)
+    assert goal("image <= 1.2 x").met is None  # no vanilla image_size=0 run in this table
+    assert "[NOT met] spotguard: notice -> off" in text
+    assert "[not measured] image <= 1.2 x" in text
+    assert "30.00 (20.00-40.00)" in text  # median (min-max)
+    assert "cmd" in text
+    saved = json.loads((tmp_path / "hibernation-1M.json").read_text())
+    assert [g["verdict"] for g in saved["goals"]][:2] == ["met", "NOT met"]
+
+
+def test_spot_action_hibernate_has_no_deadline_to_judge() -> None:
+    m = measure(observed("spotguard-hibernate", notice_at=125.6, notice_s=None))
+    assert m.deadline_s is None
+    assert m.deadline_slack_s is None
+    checks = report.goals(report.by_arm([m]))
+    assert all(g.met is None for g in checks if g.label.startswith("spotguard: notice"))
