@@ -397,6 +397,8 @@ class Agent:
         first = self.facts is None
         self.facts = facts
         log.info("facts.known", **asdict(facts))
+        if self.parts.fleet is not None:
+            self.parts.fleet.known(facts)
         if first and facts.hibernation_configured is None:
             log.warning(
                 "facts.hibernation_unknown", problem=f"hibernation/configured {HIBERNATION_UNKNOWN}"

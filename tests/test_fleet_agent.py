@@ -73,6 +73,7 @@ def test_graceful_path_is_published(fleet_env: MotoServer, tmp_path: Path) -> No
     simulated = SimulatedInstance(instance_id=instance)
     with MetadataSimulator(instance=simulated, hibernation_configured=False, clock=clock) as imds:
         agent = fleet_agent(tmp_path, imds, clock)
+        until(lambda: agent.facts is not None, agent)  # as at any start: facts, then a notice
         imds.set_notice("terminate", in_seconds=120)
         until(lambda: agent.state.phase is Phase.GRACEFUL, agent)
         agent.shutdown()
@@ -88,6 +89,7 @@ def test_hibernation_and_resume_are_published(fleet_env: MotoServer, tmp_path: P
     clock = FakeClock(wall=time.time(), monotonic=time.monotonic())
     with MetadataSimulator(instance=SimulatedInstance(instance_id=instance), clock=clock) as imds:
         agent = fleet_agent(tmp_path, imds, clock)
+        until(lambda: agent.facts is not None, agent)  # as at any start: facts, then a notice
         imds.set_notice("stop", in_seconds=120)
         until(lambda: agent.state.phase is Phase.HIBERNATING, agent)
         imds.clear_notice()

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 from structlog.testing import capture_logs
@@ -127,27 +129,47 @@ def test_a_hanging_bus_delays_nothing_and_drops_with_a_log_line(
     assert "timeout" in failed["error"].lower()
 
 
-def test_nothing_is_sent_for_an_instance_nobody_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_client(region: str, timeout_s: float) -> None:
-        raise AssertionError("no event without an instance id may be sent")
+class RecordingClient:
+    """Stands in for EventBridge: keeps what would have been put."""
 
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+
+    def put_events(self, Entries: list[Any]) -> dict[str, Any]:
+        self.batches.append(list(Entries))
+        return {"Entries": [{} for _ in Entries]}
+
+
+def test_nothing_is_sent_for_an_instance_nobody_named() -> None:
+    client = RecordingClient()
     reporter = FleetReporter(
         "default",
         clock=SystemClock(),
         fixed_overhead_s=10.0,
-        client_for=no_client,  # type: ignore[arg-type]
+        client_for=lambda r, t: cast(Any, client),
     )
-    with capture_logs() as logs:
-        reporter.resumed(None, 30.0)
-        reporter.close()
-    assert logs == [
-        {
-            "event": "fleet.dropped",
-            "detail_type": Kind.RESUMED.value,
-            "reason": "instance id unknown",
-            "log_level": "warning",
-        }
-    ]
+    reporter.resumed(None, 30.0)
+    reporter.close()
+    assert client.batches == []
+
+
+def test_decisions_before_the_instance_id_wait_for_it() -> None:
+    """A notice already out when the agent starts comes before the facts: it is published,
+    with the id, once they arrive, in the order decided."""
+    client = RecordingClient()
+    reporter = FleetReporter(
+        "default",
+        clock=SystemClock(),
+        fixed_overhead_s=10.0,
+        client_for=lambda r, t: cast(Any, client),
+    )
+    reporter.resumed(None, 30.0)
+    reporter.graceful(None, None, "hibernation is not configured")
+    reporter.known(InstanceFacts("i-0abc", "eu-west-1", "spot", hibernation_configured=False))
+    reporter.close()
+    entries = [entry for batch in client.batches for entry in batch]
+    assert [e["DetailType"] for e in entries] == [Kind.RESUMED.value, Kind.GRACEFUL.value]
+    assert {json.loads(e["Detail"])["instance-id"] for e in entries} == {"i-0abc"}
 
 
 def test_the_client_is_boto3s_standard_one_with_short_timeouts(

@@ -69,6 +69,11 @@ class FleetReporter:
         self._client: EventBridgeClient | None = None
         self._entries: queue.Queue[PutEventsRequestEntryTypeDef | None] = queue.Queue(queue_size)
         self._facts: InstanceFacts | None = None
+        # Decisions made before the instance id is known (a notice already out at start) wait
+        # for it, in order, rather than being lost.
+        self._waiting: list[tuple[Kind, float, Mapping[str, Any]]] = []
+        self._waiting_max = queue_size
+        self._lock = threading.Lock()
         # Started now, so a decision only ever enqueues; it sleeps until the first one.
         self._thread = threading.Thread(target=self._send_all, name="fleet", daemon=True)
         self._thread.start()
@@ -144,19 +149,40 @@ class FleetReporter:
     def _left(self, event: Event) -> float | None:
         return None if event.deadline is None else round(event.deadline - self._clock.wall(), 1)
 
+    def known(self, facts: InstanceFacts) -> None:
+        """The instance's facts arrived: what waited for its id goes out now, in order."""
+        with self._lock:
+            self._facts = facts
+            waiting, self._waiting = self._waiting, []
+            for kind, at, detail in waiting:
+                self._enqueue(facts, kind, at, detail)
+
     def _put(self, kind: Kind, facts: InstanceFacts | None, detail: Mapping[str, Any]) -> None:
-        self._facts = facts or self._facts  # facts are dropped at resume; the id stays
-        if self._facts is None:
-            log.warning("fleet.dropped", detail_type=kind.value, reason="instance id unknown")
-            return
-        now = self._clock.wall()
+        with self._lock:
+            self._facts = known = facts or self._facts  # dropped at resume; the id stays
+            if known is None:
+                if len(self._waiting) < self._waiting_max:
+                    self._waiting.append((kind, self._clock.wall(), detail))
+                else:
+                    log.warning(
+                        "fleet.dropped", detail_type=kind.value, reason="instance id unknown"
+                    )
+                return
+            for waiting_kind, at, waiting_detail in self._waiting:
+                self._enqueue(known, waiting_kind, at, waiting_detail)
+            self._waiting = []
+            self._enqueue(known, kind, self._clock.wall(), detail)
+
+    def _enqueue(
+        self, facts: InstanceFacts, kind: Kind, at: float, detail: Mapping[str, Any]
+    ) -> None:
         entry: PutEventsRequestEntryTypeDef = {
             "Source": SOURCE,
             "DetailType": kind.value,
-            "Detail": json.dumps({"instance-id": self._facts.instance_id, "at": now, **detail}),
+            "Detail": json.dumps({"instance-id": facts.instance_id, "at": at, **detail}),
             "EventBusName": self._bus,
         }
-        self._region = self._region or self._facts.region
+        self._region = self._region or facts.region
         try:
             self._entries.put_nowait(entry)
         except queue.Full:
