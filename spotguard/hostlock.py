@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spotguard.hostfs import HostFS
-from spotguard.owner import ProcessId
+from spotguard.process import ProcessId
 
 LOCK_NAME = "reclaim.lock"
 AGENT = "agent"  # the roles a holder writes: `spotguard run`

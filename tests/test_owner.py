@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spotguard.hostfs import HostFS
-from spotguard.owner import BOOT_ID, ProcessId
+from spotguard.process import BOOT_ID, ProcessId
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 
 from spotguard.hostfs import HostFS
-from spotguard.owner import ProcessId
+from spotguard.process import ProcessId
 from spotguard.reclaim.journal import JOURNAL_NAME, Entry, LimitJournal
 from spotguard.reclaim.v1 import restore_journal
 from tests.test_owner import dead_owner, running_owner

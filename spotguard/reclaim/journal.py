@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from spotguard.hostfs import HostFS
-from spotguard.owner import ProcessId
+from spotguard.process import ProcessId
 
 log = structlog.get_logger()
 
