@@ -58,6 +58,9 @@ log = structlog.get_logger()
 
 SHUTDOWN_S = 0.8  # SIGTERM ends the agent within a second, whatever it was doing
 CANCEL_WAIT_S = 1.0  # a cancelled reclaim puts v1 limits back within a step (~20 ms)
+# Python runs signal handlers in the main thread only, and a signal the kernel hands to another
+# thread does not wake a main thread blocked on a lock: it waits in slices instead.
+SIGNAL_WAKE_S = 0.1
 DECIDING = (Phase.EMERGENCY, Phase.HIBERNATING, Phase.EC2_HIBERNATING, Phase.GRACEFUL)
 
 
@@ -209,10 +212,13 @@ class ReclaimWorker:
         if self._thread is not None:
             self._thread.join(wait_s)
 
-    def take_finished(self) -> ReclaimResult | None:
+    def take(self) -> tuple[Intensity | None, ReclaimResult | None]:
+        """What runs now and what finished since the last call, read together: a reclaim
+        ending between two separate reads would look neither running nor done, and the
+        planner would start it again."""
         with self._lock:
             done, self._finished = self._finished, None
-            return done
+            return (self._request.intensity if self._request else None), done
 
 
 class Agent:
@@ -251,7 +257,8 @@ class Agent:
         self.cadence.start()
         control = threading.Thread(target=self._loop, args=(stop,), name="control", daemon=True)
         control.start()
-        stop.wait()
+        while not stop.wait(SIGNAL_WAKE_S):
+            pass
         ends = time.monotonic() + SHUTDOWN_S
         self.cadence.stop()
         control.join(SHUTDOWN_S / 2)
@@ -313,7 +320,7 @@ class Agent:
         full = self._looked = self._full_look(now_mono)
         if full and self.cadence.pace is not Pace.DECIDING:  # idleness no longer matters then
             self.host = self._safe("signals.failed", lambda: self.parts.host.sample(now_mono))
-        finished = self._worker.take_finished()  # before the estimate, which it changes
+        running, finished = self._worker.take()  # before the estimate, which it changes
         if finished is not None:
             self.last_reclaim = finished
             self._log_reclaim_done(finished)
@@ -333,7 +340,7 @@ class Agent:
             facts=self.facts,
             estimate=self.estimate,
             estimate_error=self.estimate_error,
-            reclaim_running=self._worker.running,
+            reclaim_running=running,
             reclaim_finished=finished,
             trigger_result=trigger_result,
             resume_signalled=resumed,
@@ -345,6 +352,7 @@ class Agent:
         changed: list[Change] = []
         failed = ""
         for reading in readings:
+            self.parts.metrics.observe_poll(reading.source, reading.took_s)
             if not reading.ok:
                 failed = reading.error
                 continue

@@ -11,6 +11,7 @@ polled at all, and the time goes to the decision.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ class Reading:
     events: tuple[Event, ...] = ()
     facts: InstanceFacts | None = None
     error: str = ""  # "": the poll succeeded
+    took_s: float = 0.0  # the whole poll, token and GET: what the notice path waits per turn
 
     @property
     def ok(self) -> bool:
@@ -121,7 +123,7 @@ class _Source:
                 self._wake.clear()
                 continue
             began = time.monotonic()  # real time: these threads pace real requests
-            reading = self._read()
+            reading = dataclasses.replace(self._read(), took_s=time.monotonic() - began)
             if self._stop.is_set():
                 return
             # An early warning with nothing to say need not cost a tick of its own.

@@ -10,8 +10,10 @@ with the final count, so the journal shows that it happened and how often withou
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
@@ -92,37 +94,45 @@ class RepeatFilter:
         self._emit = emit
         self._identity = dict(identity or {})
         self._seen: dict[tuple[Any, ...], _Seen] = {}
+        self._lock = threading.Lock()
 
     def __call__(
         self, _: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         now = self._clock()
-        self._summarise_ended(now)
-        if str(event.get("level", method)) not in SUPPRESSED_LEVELS:
-            return event
+        with self._lock:  # every thread logs; the summaries go out after, through us again
+            ended = self._take_ended(now)
+            drop = self._drop(event, str(event.get("level", method)), now)
+        self._report(ended)
+        if drop:
+            raise structlog.DropEvent
+        return event
+
+    def flush(self) -> None:
+        """Report every count not yet reported (at exit: the stream may be gone by then)."""
+        with self._lock:
+            pending = [(key, seen) for key, seen in self._seen.items() if seen.dropped]
+            self._seen.clear()
+        with contextlib.suppress(OSError, ValueError):  # a closed stream: nothing left to tell
+            self._report(pending)
+
+    def _drop(self, event: MutableMapping[str, Any], level: str, now: float) -> bool:
+        """Whether `event` repeats one shown less than a period ago; notes it either way."""
+        if level not in SUPPRESSED_LEVELS:
+            return False
         key = self._key(event)
         seen = self._seen.get(key)
         if seen is not None and now - seen.shown_at < self._every:
             seen.dropped += 1
             seen.last_at = now
-            raise structlog.DropEvent
+            return True
         self._seen.pop(key, None)  # re-inserted last: the dict stays ordered by showing
         self._seen[key] = _Seen(now, now, 0, {f: event.get(f) for f in self._fields(event)})
         if seen is not None and seen.dropped:
             event["repeated"] = seen.dropped
         while len(self._seen) > MAX_TRACKED:
             self._seen.pop(next(iter(self._seen)))
-        return event
-
-    def flush(self) -> None:
-        """Report every count not yet reported (at exit: the stream may be gone by then)."""
-        pending = [(key, seen) for key, seen in self._seen.items() if seen.dropped]
-        self._seen.clear()
-        for key, seen in pending:
-            try:
-                self._emit("log.repeated", {"of": key[0], "count": seen.dropped, **seen.fields})
-            except (OSError, ValueError):  # a closed stream: nothing left to tell
-                return
+        return False
 
     def _fields(self, event: Mapping[str, Any]) -> Sequence[str]:
         fields = self._identity.get(str(event.get("event", "")))
@@ -132,13 +142,14 @@ class RepeatFilter:
         fields = self._fields(event)
         return (str(event.get("event", "")), *((f, repr(event.get(f))) for f in fields))
 
-    def _summarise_ended(self, now: float) -> None:
-        """Forget warnings quiet for a whole period; report the count of those with repeats."""
+    def _take_ended(self, now: float) -> list[tuple[tuple[Any, ...], _Seen]]:
+        """Forget warnings quiet for a whole period; those with repeats are to be reported."""
         ended = [k for k, s in self._seen.items() if now - s.last_at >= self._every]
-        for key in ended:
-            seen = self._seen.pop(key, None)  # None: a summary logged meanwhile popped it
-            if seen is not None and seen.dropped:
-                self._emit("log.repeated", {"of": key[0], "count": seen.dropped, **seen.fields})
+        return [(key, seen) for key in ended if (seen := self._seen.pop(key)).dropped]
+
+    def _report(self, counts: Sequence[tuple[tuple[Any, ...], _Seen]]) -> None:
+        for key, seen in counts:
+            self._emit("log.repeated", {"of": key[0], "count": seen.dropped, **seen.fields})
 
 
 def _emit_info(event: str, fields: dict[str, Any]) -> None:

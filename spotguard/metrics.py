@@ -6,11 +6,14 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from spotguard.estimator import ImageEstimate
 from spotguard.planner import Phase
+
+# Around the default request deadline (2 s) and the soak's (0.3 s): a call ends within two.
+POLL_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.9, 1.2, 2.0, 3.0, 4.0, 6.0)
 
 
 class Metrics:
@@ -47,6 +50,23 @@ class Metrics:
             "spotguard_hibernations", "hibernations issued", ["result"], registry=r
         )
         self.ticks = Counter("spotguard_ticks", "control steps run", registry=r)
+        self.poll_seconds = Histogram(
+            "spotguard_poll_seconds",
+            "one poll of one metadata source, token and GET (the notice path's turn)",
+            ["source"],
+            buckets=POLL_BUCKETS,
+            registry=r,
+        )
+        self.poll_seconds_max = Gauge(
+            "spotguard_poll_seconds_max", "the longest poll since start", ["source"], registry=r
+        )
+        self._poll_max: dict[str, float] = {}
+
+    def observe_poll(self, source: str, seconds: float) -> None:
+        self.poll_seconds.labels(source).observe(seconds)
+        if seconds > self._poll_max.get(source, -1.0):
+            self._poll_max[source] = seconds
+            self.poll_seconds_max.labels(source).set(seconds)
 
     def set_prediction(self, estimate: ImageEstimate, fixed_overhead: float) -> None:
         """What the planner compares with the deadline, exported all the time, not only at a

@@ -1070,7 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _until_signalled() as stop, simulator:
         sys.stdout.write(f"{simulator.url}\n")
         sys.stdout.flush()
-        stop.wait()
+        while not stop.wait(0.1):  # in slices: a signal landing on a server thread waits for us
+            pass
     return 0
 
 

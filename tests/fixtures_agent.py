@@ -4,6 +4,8 @@ and what it did to EC2 read back from moto's request recorder."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -92,6 +94,7 @@ def agent_env(tmp_path: Path, imds_url: str, host_root: Path, **settings: str) -
     `settings` are more SPOTGUARD_* variables, e.g. AGENT_WEBHOOK_URL="http://..."."""
     env = {
         **os.environ,
+        "PYTHONFAULTHANDLER": "1",  # a stop that overruns dumps every thread (AgentProcess.stop)
         "SPOTGUARD_CONFIG": str(tmp_path / "absent.toml"),
         "SPOTGUARD_IMDS_URL": imds_url,
         "SPOTGUARD_IMDS_CONNECT_TIMEOUT": "0.3",
@@ -132,9 +135,10 @@ class AgentProcess:
         assert self._process.stderr is not None
         for line in self._process.stderr:
             with self._lock:
-                self.lines.append(line)
-                if line.startswith("{"):
-                    self.records.append((time.monotonic(), json.loads(line)))
+                self.lines.append(line)  # assert_clean fails on a line that is not JSON;
+                if line.startswith("{"):  # the reader outlives it (a full pipe would block us)
+                    with contextlib.suppress(ValueError):
+                        self.records.append((time.monotonic(), json.loads(line)))
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -157,23 +161,55 @@ class AgentProcess:
             time.sleep(0.05)
         raise AssertionError(f"no {name} within {limit_s} s:\n{''.join(self.lines[-30:])}")
 
-    def signal(self, signum: int) -> None:
-        self._process.send_signal(signum)
+    def signal(self, signum: int, *, to_a_thread: bool = False) -> None:
+        """To the process (the kernel picks a thread: usually the main one), or straight to one
+        of its other threads (tgkill), as the kernel may also choose."""
+        if not to_a_thread:
+            self._process.send_signal(signum)
+            return
+        pid = self._process.pid
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        others = sorted(int(task.name) for task in tasks if task.name != str(pid))
+        assert others, "the agent runs no thread but the main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.tgkill(pid, others[0], signum) != 0:
+            raise OSError(ctypes.get_errno(), "tgkill")
 
     def kill(self) -> None:
         self._process.kill()
         self._process.wait(10)
         self._reader.join(5)
 
-    def stop(self) -> float:
+    def stop(self, *, to_a_thread: bool = False) -> float:
         """SIGTERM; the seconds it took to end. It must end cleanly."""
         began = time.monotonic()
-        self._process.send_signal(signal.SIGTERM)
-        code = self._process.wait(15)
+        self.signal(signal.SIGTERM, to_a_thread=to_a_thread)
+        try:
+            code = self._process.wait(15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit 15 s after SIGTERM:\n{self._post_mortem()}") from None
         took = time.monotonic() - began
         self._reader.join(5)
         assert code == 0, "".join(self.lines[-30:])
         return took
+
+    def _post_mortem(self) -> str:
+        """Where each thread is, in the kernel (/proc) and in Python (faulthandler, on SIGABRT)."""
+        tasks = Path(f"/proc/{self._process.pid}/task")
+        kernel = []
+        for task in sorted(tasks.iterdir()) if tasks.exists() else []:
+            with contextlib.suppress(OSError):
+                comm = (task / "comm").read_text().strip()
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = (task / "wchan").read_text()
+                kernel.append(f"{task.name} {comm} {stat} {wchan}")
+        self._process.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
+        if self._process.poll() is None:
+            self._process.kill()
+        self._reader.join(5)
+        return "\n".join(["threads:", *kernel, "log tail:", *self.lines[-60:]])
 
     def assert_clean(self) -> None:
         """No traceback, no line that is not a JSON event, and a clean stop."""

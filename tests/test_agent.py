@@ -19,13 +19,14 @@ import pytest
 import requests
 
 from spotguard import agent as agent_module
-from spotguard.agent import Agent
+from spotguard.agent import Agent, ReclaimWorker
 from spotguard.assemble import build_agent
 from spotguard.clock import Clock, FakeClock, SystemClock
 from spotguard.config import Config, from_mapping
 from spotguard.hostfs import HostFS
 from spotguard.metrics import MetricsServer
 from spotguard.planner import Phase, Resumed
+from spotguard.reclaim.api import Intensity, ReclaimRequest, ReclaimResult
 from spotguard.simhost import GIB, SimCgroup, SimHost
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
 from tests.fixtures_agent import REPO, Receiver, hook, stop_calls
@@ -348,3 +349,35 @@ def test_spotguard_run_daemon(tmp_path: Path, moto_server: MotoServer, instance_
     assert "hibernate.issued" in events
     assert events[-1] == "agent.stopped"
     assert len(stop_calls(moto_server)) == 1
+
+
+class _Gated:
+    """A Reclaimer that finishes when told to, so a test can look at both sides of its end."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def reclaim(
+        self, request: ReclaimRequest, cancel: threading.Event, progress: object = None
+    ) -> ReclaimResult:
+        self.release.wait(10)
+        return ReclaimResult(request.intensity, 1 << 20, 0.1, "complete")
+
+
+def test_the_worker_reports_running_and_finished_in_one_reading() -> None:
+    """Read apart, a reclaim ending between the two reads looked neither running nor done,
+    and the planner started the same emergency reclaim again (seen on CI's dry run)."""
+    gated = _Gated()
+    worker = ReclaimWorker(gated)
+    assert worker.start(ReclaimRequest(Intensity.EMERGENCY, 5.0), lambda _: None)
+    assert worker.take() == (Intensity.EMERGENCY, None)
+    gated.release.set()
+    deadline = time.monotonic() + 10
+    while (reading := worker.take()) == (Intensity.EMERGENCY, None):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    running, finished = reading
+    assert running is None
+    assert finished is not None
+    assert finished.stop_reason == "complete"
+    assert worker.take() == (None, None)  # reported once

@@ -309,6 +309,23 @@ def test_crash_and_restart_mid_emergency_issues_no_second_stop(
     second.assert_clean()
 
 
+def test_signals_the_kernel_hands_to_another_thread_still_act(
+    tmp_path: Path, moto_server: MotoServer, instance_id: str, small_host: SimHost
+) -> None:
+    """Python handles signals in the main thread only; one the kernel gives a poll thread
+    must not wait for the main thread to wake on its own (it waited forever on CI)."""
+    with served(instance_id) as imds:
+        agent = AgentProcess(agent_env(tmp_path, imds.url, small_host.root))
+        try:
+            agent.wait_for("agent.armed")
+            agent.signal(signal.SIGUSR1, to_a_thread=True)
+            agent.wait_for("resume.unconfirmed", limit_s=STOPPED_WITHIN_S)
+        finally:
+            took = agent.stop(to_a_thread=True)
+    assert took < STOPPED_WITHIN_S
+    agent.assert_clean()
+
+
 @pytest.mark.cgroup
 def test_sigterm_mid_v1_reclaim_ends_fast_and_restores_the_limit(
     tmp_path: Path, moto_server: MotoServer, instance_id: str

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,47 @@ def test_flush_reports_what_is_pending(clock: Clock) -> None:
     assert emitted == [("log.repeated", {"of": "w", "count": 3, "a": 1})]
     repeats.flush()
     assert len(emitted) == 1
+
+
+def test_every_dropped_warning_is_counted_once_whatever_the_threads_do(clock: Clock) -> None:
+    """The monitors, the reclaim and the control loop all log: with threads switching every
+    few microseconds, no warning's count is lost, doubled, or crashes the logger."""
+    emitted: list[int] = []
+    lock = threading.Lock()
+    repeats = RepeatFilter(clock, every=5.0, emit=lambda e, f: emitted.append(f["count"]))
+    passed: list[int] = []  # the `repeated` each warning let through carried
+    calls = 0
+
+    def log(worker: int) -> None:
+        nonlocal calls
+        for n in range(3000):
+            clock.now = n / 100  # periods end while others are mid-call
+            event: dict[str, Any] = {
+                "event": "w",
+                "level": "warning",
+                "source": (n * 7 + worker) % 40,
+            }
+            try:
+                repeats(None, "warning", event)
+                with lock:
+                    passed.append(int(event.get("repeated", 0)))
+            except structlog.DropEvent:
+                pass
+            with lock:
+                calls += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        workers = [threading.Thread(target=log, args=(w,)) for w in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    repeats.flush()
+    assert len(passed) + sum(passed) + sum(emitted) == calls == 6 * 3000
 
 
 def test_memory_stays_bounded(clock: Clock) -> None:
