@@ -289,7 +289,8 @@ def main() -> int:
         sampler = threading.Thread(target=sample_spot_polls, args=(imds, soak, stop_sampling))
         sampler.start()
         crashed = ""
-        rss_warm = rss_end = hwm = -1
+        rss: list[int] = []  # KiB at each tenth of the polls: warm-up apart from a leak
+        rss_end = hwm = -1
         polls = PollTimes(float("nan"), 0, 0)
         issued_after: float | None = None
         sigterm_s = float("nan")
@@ -303,8 +304,8 @@ def main() -> int:
                 if agent.poll() is not None:
                     crashed = f"agent exited with {agent.returncode} during the chaos phase"
                     break
-                if rss_warm < 0 and imds.count("GET", SPOT) >= args.polls // 10:
-                    rss_warm = rss_kib(agent.pid)
+                if imds.count("GET", SPOT) >= (len(rss) + 1) * args.polls // 10:
+                    rss.append(rss_kib(agent.pid))
                 random_fault(imds, soak, rng)
                 if rng.random() < 0.2:
                     imds.expire_tokens()
@@ -348,7 +349,10 @@ def main() -> int:
     warnings = sum(e.get("level") == "warning" for _, e in soak.events)
     crashes = 1 if crashed or agent.returncode not in (0, None) else 0
     faults = ", ".join(f"{k} {v}" for k, v in sorted(soak.faults.items()))
+    rss_warm = rss[0] if rss else -1
     growth = (rss_end - rss_warm) / 1024
+    half = (rss_end - rss[len(rss) // 2]) / 1024 if rss else float("nan")
+    tenths = " ".join(f"{kib / 1024:.1f}" for kib in rss)
     issued = "never" if issued_after is None else f"{issued_after:.2f} s"
     report = [
         f"chaos soak, peer {args.peer}, seed {args.seed}: {chaos_polls} spot polls in"
@@ -364,7 +368,8 @@ def main() -> int:
         f" (p99 {p99:.2f} s, {over} of {len(plain)} over {2 * READ_S:.2f} s);"
         f" across a refusing listener: {refused[-1]:.2f} s",
         f"  RSS {rss_warm / 1024:.1f} MiB warm -> {rss_end / 1024:.1f} MiB after the chaos"
-        f" (growth {growth:.2f} MiB, goal <= 1 MB); peak {hwm / 1024:.1f} MiB",
+        f" (growth {growth:.2f} MiB, goal <= 1 MB; over the second half {half:.2f} MiB);"
+        f" peak {hwm / 1024:.1f} MiB; by tenths of the polls: {tenths}",
         f"  notice served -> hibernate.issued: {issued}",
         f"  StopInstances: {stops} (goal: exactly 1)",
         f"  warnings logged: {warnings} ({warnings / max(chaos_s, 1):.2f}/s), imds.error"
