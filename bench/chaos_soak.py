@@ -13,7 +13,8 @@ from its /metrics: `spotguard_poll_seconds`), the gaps between spot GETs as the 
 them (a poll whose token PUT failed sends no GET, so one gap can span several polls; gaps that
 span a refusing listener are reported apart), RSS growth over the chaos phase, notice served ->
 `hibernate.issued`, and the StopInstances count from moto.
-Goals (issue 9): 0 / 0 / 0, longest tick <= 2x the request deadline, RSS growth <= 1 MB,
+Goals (issue 9): 0 / 0 / 0, longest tick <= 2x the request deadline, RSS growth <= 1 MB (from
+the moment every fault class has been met at least once, so each code path has run once),
 exactly 1 StopInstances. Loopback only; bounded in polls and seconds.
 
     .venv/bin/python bench/chaos_soak.py [--polls 3000] [--max-seconds 600] [--peer aws-mock]
@@ -111,15 +112,16 @@ def sample_spot_polls(imds: MetadataSimulator, soak: Soak, stop: threading.Event
             seen = now
 
 
+CHAOS = (
+    "timeout", "token_timeout", "hang", "error_500", "error_503", "throttled", "garbage", "slow",
+    "drip", "huge", "huge_unsized", "nested", "bad_time", "bad_token", "disabled", "not_found",
+    "never_accept",
+)  # fmt: skip
+
+
 def random_fault(imds: MetadataSimulator, soak: Soak, rng: random.Random) -> None:
     """One fault from every class in turn of chance, on a path it can hit."""
-    name = rng.choice(
-        [
-            "timeout", "token_timeout", "hang", "error_500", "error_503", "throttled",
-            "garbage", "slow", "drip", "huge", "huge_unsized", "nested", "bad_time",
-            "bad_token", "disabled", "not_found", "never_accept",
-        ]
-    )  # fmt: skip
+    name = rng.choice(CHAOS)
     soak.faults[name] += 1
     if name == "never_accept":
         seconds = rng.uniform(0.1, 0.8)
@@ -290,6 +292,7 @@ def main() -> int:
         sampler.start()
         crashed = ""
         rss: list[int] = []  # KiB at each tenth of the polls: warm-up apart from a leak
+        rss_warm = warm_polls = -1  # once every fault class was met: each path has run once
         rss_end = hwm = -1
         polls = PollTimes(float("nan"), 0, 0)
         issued_after: float | None = None
@@ -306,6 +309,8 @@ def main() -> int:
                     break
                 if imds.count("GET", SPOT) >= (len(rss) + 1) * args.polls // 10:
                     rss.append(rss_kib(agent.pid))
+                if rss_warm < 0 and rss and len(soak.faults) == len(CHAOS):
+                    rss_warm, warm_polls = rss_kib(agent.pid), imds.count("GET", SPOT)
                 random_fault(imds, soak, rng)
                 if rng.random() < 0.2:
                     imds.expire_tokens()
@@ -349,7 +354,6 @@ def main() -> int:
     warnings = sum(e.get("level") == "warning" for _, e in soak.events)
     crashes = 1 if crashed or agent.returncode not in (0, None) else 0
     faults = ", ".join(f"{k} {v}" for k, v in sorted(soak.faults.items()))
-    rss_warm = rss[0] if rss else -1
     growth = (rss_end - rss_warm) / 1024
     half = (rss_end - rss[len(rss) // 2]) / 1024 if rss else float("nan")
     tenths = " ".join(f"{kib / 1024:.1f}" for kib in rss)
@@ -367,7 +371,8 @@ def main() -> int:
         f"  longest gap between spot GETs (at the service): {plain[-1]:.2f} s"
         f" (p99 {p99:.2f} s, {over} of {len(plain)} over {2 * READ_S:.2f} s);"
         f" across a refusing listener: {refused[-1]:.2f} s",
-        f"  RSS {rss_warm / 1024:.1f} MiB warm -> {rss_end / 1024:.1f} MiB after the chaos"
+        f"  RSS {rss_warm / 1024:.1f} MiB warm (every fault class met, at poll {warm_polls})"
+        f" -> {rss_end / 1024:.1f} MiB after the chaos"
         f" (growth {growth:.2f} MiB, goal <= 1 MB; over the second half {half:.2f} MiB);"
         f" peak {hwm / 1024:.1f} MiB; by tenths of the polls: {tenths}",
         f"  notice served -> hibernate.issued: {issued}",
