@@ -749,9 +749,6 @@ def _event_env(event: Event | None, reason: str) -> dict[str, str]:
     return env
 
 
-__all__ = ["Agent", "Parts", "Phase", "ReclaimWorker"]
-
-
 def _wait_for_stop(stop: threading.Event) -> None:
     """Until `stop` is set. Python runs signal handlers in the main thread only, and a signal
     the kernel hands to another thread does not wake a main thread blocked on a lock; so the
@@ -776,3 +773,6 @@ def _wait_for_stop(stop: threading.Event) -> None:
         signal.set_wakeup_fd(previous)
         os.close(read)
         os.close(write)
+
+
+__all__ = ["Agent", "Parts", "Phase", "ReclaimWorker"]
