@@ -6,7 +6,8 @@ pointed at an empty folder so nothing on this machine is touched), then:
   2. serves a spot notice, then N new times for it at random moments, each earlier than the
      last, and measures served → `notice.received` (the first) or `notice.changed` (the rest:
      an interruption is one event whatever its time does; an earlier time is what it reports).
-Goals (issue 2): p99 <= poll + 0.1 s, RSS <= 40 MB, CPU <= 0.2 % of a core.
+Goals (issues 2, 11): p99 <= poll + 0.1 s, RSS <= 40 MB, CPU <= 0.2 % of a core or <= 3x a
+bare http.client poller measured beside it (the machine is shared: the ratio is the fair one).
 
     .venv/bin/python bench/notice_latency.py [--notices 40] [--idle 30]
 """
@@ -152,7 +153,8 @@ def main() -> int:
     )
     print(
         f"idle over {args.idle:g} s: CPU {100 * cpu:.3f} % of a core (goal <= 0.2 %);"
-        f" a bare http.client poller beside it: {100 * bare[0]:.3f} % (ratio {cpu / bare[0]:.1f}x)"
+        f" a bare http.client poller beside it: {100 * bare[0]:.3f} %"
+        f" (ratio {cpu / bare[0]:.1f}x, goal <= 3x)"
     )
     print(
         f"RSS {rss:.1f} MiB idle (goal <= 40 MB), {rss_after:.1f} MiB after the notices"

@@ -10,7 +10,10 @@ is acted on before the reports that accompany it.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
+import select
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,9 +61,9 @@ log = structlog.get_logger()
 
 SHUTDOWN_S = 0.8  # SIGTERM ends the agent within a second, whatever it was doing
 CANCEL_WAIT_S = 1.0  # a cancelled reclaim puts v1 limits back within a step (~20 ms)
-# Python runs signal handlers in the main thread only, and a signal the kernel hands to another
-# thread does not wake a main thread blocked on a lock: it waits in slices instead.
-SIGNAL_WAKE_S = 0.1
+# A `stop` set by a thread rather than a signal handler is seen this late at most (a signal
+# wakes the main thread at once, see _wait_for_stop).
+STOP_CHECK_S = 5.0  # longer than the signal tests allow: they show the wakeup fd works
 DECIDING = (Phase.EMERGENCY, Phase.HIBERNATING, Phase.EC2_HIBERNATING, Phase.GRACEFUL)
 
 
@@ -257,8 +260,7 @@ class Agent:
         self.cadence.start()
         control = threading.Thread(target=self._loop, args=(stop,), name="control", daemon=True)
         control.start()
-        while not stop.wait(SIGNAL_WAKE_S):
-            pass
+        _wait_for_stop(stop)
         ends = time.monotonic() + SHUTDOWN_S
         self.cadence.stop()
         control.join(SHUTDOWN_S / 2)
@@ -745,6 +747,32 @@ def _event_env(event: Event | None, reason: str) -> dict[str, str]:
             "SPOTGUARD_DEADLINE": _iso(event.deadline) or "",
         }
     return env
+
+
+def _wait_for_stop(stop: threading.Event) -> None:
+    """Until `stop` is set. Python runs signal handlers in the main thread only, and a signal
+    the kernel hands to another thread does not wake a main thread blocked on a lock; so the
+    main thread sleeps on the signal wakeup fd, which the C-level handler writes in whatever
+    thread the signal lands: awake at once, yet quiet while calm (waiting in 0.1 s slices cost
+    the idle agent as much CPU as its metadata polls). Off the main thread no signal is ours."""
+    if threading.current_thread() is not threading.main_thread():
+        stop.wait()
+        return
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.set_blocking(write, False)
+    previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    try:
+        waiter = select.poll()
+        waiter.register(read, select.POLLIN)
+        while not stop.is_set():
+            waiter.poll(STOP_CHECK_S * 1000)  # a signal's handler runs as this returns
+            with contextlib.suppress(BlockingIOError):
+                os.read(read, 64)
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
 
 
 __all__ = ["Agent", "Parts", "Phase", "ReclaimWorker"]

@@ -10,6 +10,10 @@ byte by byte, send 64 MiB, nest JSON thousands deep, hand out a token with CR/LF
 announce a time no datetime can hold. So every call has one total deadline (connect and every
 read, by the real clock), bodies are capped and streamed, JSON depth is checked before parsing,
 times must fall in a sane range and tokens must be printable ASCII of sane length.
+
+Requests go to urllib3's connection pool directly: the agent sends one or two a second for as
+long as it runs, and requests' per-request machinery (preparing, hooks, cookies, merging
+settings) cost more CPU than the HTTP exchange itself while adding nothing a metadata GET uses.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import requests
 import structlog
 import urllib3
 from tenacity import (
@@ -58,6 +61,8 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 are the zones that exist
 MIN_WAIT = 0.01  # less time than this left for a request: do not send it
+# urllib3 follows nothing and repeats nothing: a retry is ours to decide (5xx/429 only).
+NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
 log = structlog.get_logger()
 
@@ -178,7 +183,6 @@ class ImdsClient:
         self,
         config: ImdsConfig,
         clock: Clock | None = None,
-        session: requests.Session | None = None,
         *,
         backoff_max: float = 1.0,
         deadline: float | None = None,
@@ -186,17 +190,14 @@ class ImdsClient:
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         """Waits between attempts are random (full jitter) up to backoff_max/4, /2, then
-        backoff_max, slept on `clock`; `session` defaults to one that ignores proxy settings.
-        `deadline` (default: the larger of the connect and read timeouts) is measured on
-        `timer`, real time: the network does not run on a test's fake clock. Bodies over
-        `max_body` bytes are refused unread."""
+        backoff_max, slept on `clock`. `deadline` (default: the larger of the connect and
+        read timeouts) is measured on `timer`, real time: the network does not run on a test's
+        fake clock. Bodies over `max_body` bytes are refused unread. No request goes through a
+        proxy: the pool reads no proxy settings."""
         self._base = config.url.rstrip("/")
         self._config = config
         self._clock = clock or SystemClock()
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False  # never send metadata requests through a proxy
-        self._session = session
+        self._pool: tuple[urllib3.HTTPConnectionPool, str] | None = None  # see _connection_pool
         self._deadline = deadline or max(config.connect_timeout, config.read_timeout)
         self._max_body = max_body
         self._timer = timer
@@ -313,50 +314,61 @@ class ImdsClient:
             raise ImdsUnavailableError(
                 f"{what}: not sent, the call's {self.budget:.3g} s are spent"
             )
-        url = f"{self._base}/{path.lstrip('/')}"
-        timeout = (
-            min(self._config.connect_timeout, ends - now),
-            min(self._config.read_timeout, ends - now),
-        )
+        connect = min(self._config.connect_timeout, ends - now)
+        read = min(self._config.read_timeout, ends - now)
         try:
-            response = self._session.request(
+            pool, prefix = self._connection_pool()
+            response = pool.urlopen(
                 method,
-                url,
+                f"{prefix}/{path.lstrip('/')}",
                 headers={**headers, "Accept-Encoding": "identity"},
-                timeout=timeout,
-                stream=True,
+                retries=NO_RETRIES,
+                redirect=False,
+                timeout=urllib3.Timeout(connect=connect, read=read),
+                preload_content=False,
+                decode_content=False,  # the cap counts the bytes as they come off the wire
             )
-        except requests.ConnectTimeout as exc:  # nothing accepting: not the hop limit
+        except urllib3.exceptions.NewConnectionError as exc:  # refused, unreachable: no wait
+            raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
+        except urllib3.exceptions.ConnectTimeoutError as exc:  # nothing accepting: not hop limit
             raise ImdsUnavailableError(
-                f"{what}: connect timed out after {timeout[0]:.3g} s (nothing accepting?)"
+                f"{what}: connect timed out after {connect:.3g} s (nothing accepting?)"
             ) from exc
-        except requests.Timeout as exc:
+        except urllib3.exceptions.TimeoutError as exc:
             if method == "PUT":
                 raise ImdsTokenTimeoutError(
-                    f"{what}: no answer in {timeout[1]:.3g} s "
+                    f"{what}: no answer in {read:.3g} s "
                     "(hop limit? HttpPutResponseHopLimit too low for this network path)"
                 ) from exc
-            raise ImdsUnavailableError(
-                f"{what}: timed out, no answer in {timeout[1]:.3g} s"
-            ) from exc
-        except requests.RequestException as exc:
+            raise ImdsUnavailableError(f"{what}: timed out, no answer in {read:.3g} s") from exc
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
         try:
             body = self._read_body(response, what, ends)
         except BaseException:
             response.close()  # half read: the connection cannot be reused
+            response.release_conn()  # its slot goes back to the pool, which connects afresh
             raise
-        response.raw.release_conn()
-        return _Reply(response.status_code, body)
+        response.release_conn()
+        return _Reply(response.status, body)
 
-    def _read_body(self, response: requests.Response, what: str, ends: float) -> bytes:
+    def _connection_pool(self) -> tuple[urllib3.HTTPConnectionPool, str]:
+        """The pool (one kept-alive connection) and the URL's path prefix, made at the first
+        request: a URL urllib3 cannot use then fails each call as unavailable, like a dead
+        service, instead of the agent's start."""
+        if self._pool is None:
+            prefix = urllib3.util.parse_url(self._base).path or ""
+            pool = urllib3.connection_from_url(self._base, maxsize=1, retries=NO_RETRIES)
+            self._pool = pool, prefix
+        return self._pool
+
+    def _read_body(self, raw: urllib3.BaseHTTPResponse, what: str, ends: float) -> bytes:
         """The body, read as it comes, stopped at the cap and at the deadline."""
-        declared = response.headers.get("Content-Length", "")
+        declared = raw.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_body:
             raise ImdsMalformedError(
                 f"{what}: a {declared} byte answer, over the {self._max_body} byte cap"
             )
-        raw = response.raw
         chunks: list[bytes] = []
         size = 0
         while True:

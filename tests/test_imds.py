@@ -218,6 +218,14 @@ def test_url_join_tolerates_slashes(simulator: MetadataSimulator, path: str) -> 
     assert client.get_text(path) == "i-0123456789abcdef0"
 
 
+def test_the_urls_own_path_comes_before_every_request_path(simulator: MetadataSimulator) -> None:
+    client = ImdsClient(fast_config(simulator.url + "/base/"), clock=FakeClock())
+    with pytest.raises(ImdsError, match="no IMDSv2 here"):  # the simulator has no /base/...
+        client.get_text(INSTANCE_ID)
+    assert simulator.count("PUT", "/base" + TOKEN_PATH) == 1
+    assert simulator.count() == 1
+
+
 def test_proxy_environment_is_ignored(
     simulator: MetadataSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
