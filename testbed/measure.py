@@ -113,11 +113,16 @@ class Measurement:
 
 def markers(lines: Sequence[Line], event: str) -> Iterator[tuple[Line, dict[str, str]]]:
     """A marker's fields. The kernel may print into the middle of one on the shared serial
-    console ("max_ms=114.30[  420.12] Filesystems sync: ..."): its line ends the marker."""
-    for line in lines:
+    console ("max_ms=114.30[  420.12] Filesystems sync: ..."): its line ends the marker. When
+    it prints right after the name ("TESTBED trigger [  156.56] PM: ..."), the fields come on
+    the next line, which then starts with the marker's first field, ``t=``."""
+    for at, line in enumerate(lines):
         found = MARKER.search(line.text)
         if found and found.group(1) == event:
             words = PRINTK.split(found.group(2), maxsplit=1)[0].split()
+            following = lines[at + 1].text if at + 1 < len(lines) else ""
+            if not words and following.startswith("t="):
+                words = PRINTK.split(following, maxsplit=1)[0].split()
             yield line, dict(w.split("=", 1) for w in words if "=" in w)
 
 

@@ -74,6 +74,20 @@ def observed(arm: str = "spotguard", **changes: object) -> Observed:
     return replace(seen, **changes)  # type: ignore[arg-type]
 
 
+def test_a_marker_the_kernel_printed_into_right_after_its_name() -> None:
+    """Seen at 8 GiB: the kernel's first hibernation line landed between the marker's name and
+    its fields, which arrived on the next console line."""
+    at = next(i for i, (_, text) in enumerate(FIRST) if text.startswith("TESTBED trigger"))
+    t, text = FIRST[at]
+    cut = [
+        *FIRST[:at],
+        (t, "TESTBED trigger [   65.308203] PM: hibernation: hibernation entry"),
+        (t + 0.003, text.removeprefix("TESTBED trigger ")),
+        *FIRST[at + 1 :],
+    ]
+    assert measure(observed(first=lines(cut))) == measure(observed())
+
+
 def test_one_run_figures_come_from_its_lines() -> None:
     m = measure(observed())
     assert m.hibernate_s == pytest.approx(151.0 - 125.6)
