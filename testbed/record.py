@@ -38,12 +38,15 @@ class ArmRun:
     measurement: Measurement | None
     error: str = ""
     info: RunInfo = field(default_factory=RunInfo)
+    # The guest run itself failed (not only reading its figures): the consoles cannot be
+    # measured again, so only this error is kept; a parser's error goes once the parser is fixed.
+    run_failed: bool = False
 
 
 def outcome(seen: Observed, info: RunInfo, error: str = "") -> ArmRun:
     """The run's figures, or why they could not be had."""
     if error:
-        return ArmRun(seen, None, error, info)
+        return ArmRun(seen, None, error, info, run_failed=True)
     try:
         return ArmRun(seen, measure(seen), "", info)
     except MeasureError as exc:
@@ -68,7 +71,7 @@ def save(folder: Path, run: ArmRun) -> None:
         "started_utc": run.info.started_utc,
         "facts": run.info.facts,
         "host_load": list(run.info.host_load),
-        "error": run.error,
+        "error": run.error if run.run_failed else "",
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / OBSERVED).write_text(json.dumps(facts, indent=2) + "\n")

@@ -135,6 +135,26 @@ def test_a_run_folder_reads_back_to_the_same_figures(tmp_path: Path) -> None:
     assert record.recorded([tmp_path.parent], memory_mib=2) == []
 
 
+def test_a_reading_error_is_not_kept_but_a_failed_run_is(tmp_path: Path) -> None:
+    """The figures are read from the consoles again at every report: a parser fixed since
+    reads a run it once failed on; a guest that never hibernated stays failed."""
+    broken = [(t, "TESTBED trigger") if text.startswith("TESTBED trigger") else (t, text)
+              for t, text in FIRST]  # fmt: skip
+    for name, raw in zip(record.CONSOLES, (broken, SECOND), strict=True):
+        text = "".join(f"{t:.3f} {line}\n" for t, line in raw)
+        (tmp_path / f"{name}.console").write_text(text)
+    info = RunInfo("python -m testbed.run --memory 1024", "2026-12-01T20:00:00Z", {"memory_mib": 1})
+    unreadable = record.outcome(observed(first=lines(broken)), info)
+    assert unreadable.measurement is None
+    record.save(tmp_path, unreadable)
+    (tmp_path / f"{record.CONSOLES[0]}.console").write_text(
+        "".join(f"{t:.3f} {line}\n" for t, line in FIRST)  # as a fixed parser would read it
+    )
+    assert record.load(tmp_path).measurement == measure(observed())
+    record.save(tmp_path, record.outcome(observed(), info, "the guest did not boot"))
+    assert record.load(tmp_path).error == "the guest did not boot"
+
+
 def run(m: Measurement) -> ArmRun:
     return ArmRun(observed(m.arm), m, "", RunInfo("cmd", "2026-12-01T20:00:00Z", {"memory_mib": 1}))
 
