@@ -271,6 +271,7 @@ def test_any_bytes_as_the_file_are_a_config_or_a_config_error(
 SAFE_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\0"))
 NAME = st.text(st.characters(categories=["L", "N", "P", "S"], exclude_characters=",./"), min_size=1)
 SPECIAL: dict[str, st.SearchStrategy[Any]] = {
+    # Parsed only, never connected to (conftest's _loopback_only would fail the test).
     "url": st.sampled_from(["http://169.254.169.254", "http://[fd00:ec2::254]", "https://x"]),
     "webhook_url": st.sampled_from(["", "https://hooks.example/x"]),
     "root": st.sampled_from(["/", "/host"]),

@@ -5,7 +5,6 @@ plays EC2's part on the bus (moto sends no events of its own); `fleet watch` rep
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,10 +19,9 @@ from spotguard.cli import main
 from spotguard.fleet.events import Kind, parse
 from spotguard.simhost import GIB, SimCgroup, SimHost
 from spotguard.simulator import MetadataSimulator, SimulatedInstance
+from tests.fixtures_agent import REPO, agent_env
 from tests.fixtures_aws import MotoServer
 from tests.fixtures_fleet import FLEET, DrillQueue, ec2_event, make_drill_queue
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def launch(moto: MotoServer) -> str:
@@ -40,18 +38,7 @@ def launch(moto: MotoServer) -> str:
 
 
 def agent(tmp: Path, imds: MetadataSimulator, host: SimHost) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "SPOTGUARD_CONFIG": str(tmp / "absent.toml"),
-        "SPOTGUARD_IMDS_URL": imds.url,
-        "SPOTGUARD_ROOT": str(host.root),
-        "SPOTGUARD_AGENT_STATE_FILE": str(tmp / "state.json"),
-        "SPOTGUARD_AGENT_HOOK_DIR": str(tmp / "hooks"),
-        "SPOTGUARD_AGENT_POLL_INTERVAL": "0.2",
-        "SPOTGUARD_RECLAIM_BACKEND": "v2",
-        "SPOTGUARD_HIBERNATE_REGION": "us-east-1",
-        "SPOTGUARD_FLEET_EVENT_BUS": "default",
-    }
+    env = agent_env(tmp, imds.url, host.root, FLEET_EVENT_BUS="default")
     return subprocess.Popen(
         [sys.executable, "-m", "spotguard", "run"],
         env=env,
