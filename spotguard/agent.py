@@ -467,8 +467,8 @@ class Agent:
                 self._run_hooks(kind, event, budget)
             case Notify(what, event, reason):
                 self._notify(what, event, reason)
-            case Hibernate(event, reason, image_size):
-                self._hibernate(event, reason, image_size)
+            case Hibernate(event, reason, image_size, estimate):
+                self._hibernate(event, reason, image_size, estimate or self.estimate)
             case Graceful(event, reason):
                 self.parts.metrics.hibernations.labels("impossible").inc()
                 log.warning(
@@ -537,18 +537,20 @@ class Agent:
             )
         return self._hibernator
 
-    def _hibernate(self, event: Event, reason: str, image_size: int | None) -> None:
+    def _hibernate(
+        self, event: Event, reason: str, image_size: int | None, estimate: ImageEstimate | None
+    ) -> None:
         """'Issued for this notice' is on disk before the call goes out, and the outcome right
-        after: a restart never issues a second one (planner.restore)."""
+        after: a restart never issues a second one (planner.restore). `estimate`: the one the
+        planner decided on, for the log line (predicted vs measured)."""
         self._issue = "pending"
         self._write_state()
-        estimate = self.estimate
         mode = self.config.hibernate.mode
         try:
             hibernator = self._hibernator_ready().result()
             mode = hibernator.mode
             if image_size is not None:
-                self.parts.image_size.lower(image_size)
+                self.parts.image_size.set_to(image_size)
             result = hibernator.hibernate()
         except Exception as exc:  # the planner must still hear of it: refused, graceful path
             log.exception("hibernate.failed")
@@ -563,6 +565,7 @@ class Agent:
             "notice": event.id,
             "why_now": reason,
             "image_bytes": estimate.expected_bytes if estimate else None,
+            "image_size": image_size,
             **(estimate.prediction_fields() if estimate else {}),
             "seconds_left": self._seconds_left(event),
         }

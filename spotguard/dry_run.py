@@ -146,13 +146,13 @@ class DryHookRunner:
 
 
 class DryImageSize(ImageSizeControl):
-    """Says what /sys/power/image_size would be lowered to; never writes it."""
+    """Says what /sys/power/image_size would be set to; never writes it."""
 
-    def lower(self, target_bytes: int) -> None:
-        log.info("dry_run.image_size", would_lower_to_bytes=target_bytes)
+    def set_to(self, target_bytes: int) -> None:
+        log.info("dry_run.image_size", would_set_to_bytes=target_bytes)
 
     def restore(self) -> None:
-        """Nothing was lowered."""
+        """Nothing was changed."""
 
 
 class DryWebhook:

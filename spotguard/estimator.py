@@ -7,7 +7,7 @@ fields come with defaults.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import structlog
@@ -44,10 +44,29 @@ class ImageEstimate:
     calibration: float = 1.0  # measured / predicted shrink of the last hibernation here
     reclaim_gain: float = 0.0  # hibernation seconds one second of our reclaim saves (> 1: pays)
     seconds_per_image_byte: float = 0.0  # without a shrink: allocating its frame + writing it
+    max_image_bytes: int = 0  # the kernel's own cap on the image (max_size), whatever image_size
+    # With image_size raised to hold all of saveable (no shrink): preallocation and write.
+    unshrunk_shrink_s: float = 0.0
+    unshrunk_write_s: float = 0.0
 
     def fits(self, margin: float) -> bool:
         """Swap must hold the image with a margin: compressed hibernation does not check."""
         return self.swap_free_bytes >= self.expected_bytes * margin
+
+    def unshrunk(self, image_size: int) -> ImageEstimate:
+        """This estimate with /sys/power/image_size at `image_size` (>= saveable): the kernel
+        then takes its fast path, a frame for each saveable page, and shrinks nothing."""
+        return replace(
+            self,
+            image_size_limit=image_size,
+            expected_bytes=self.saveable_bytes,
+            image_bytes=self.saveable_bytes,
+            shrink_bytes=0,
+            shrink_swap_bytes=0,
+            predicted_write_s=self.unshrunk_shrink_s + self.unshrunk_write_s,
+            predicted_shrink_s=self.unshrunk_shrink_s,
+            predicted_image_write_s=self.unshrunk_write_s,
+        )
 
     def prediction_fields(self) -> dict[str, object]:
         """The prediction's parts, for the `hibernate.issued` line (predicted vs measured)."""
@@ -173,6 +192,9 @@ class ImageEstimator:
             reclaim_gain=predicted.reclaim_gain,
             seconds_per_image_byte=predicted.calibration / predicted.alloc_rate
             + 1 / predicted.write_rate,
+            max_image_bytes=max(max_image, 0),
+            unshrunk_shrink_s=predicted.unshrunk_shrink_s,
+            unshrunk_write_s=predicted.unshrunk_write_s,
         )
 
     def _image_size(self, mem_total: int) -> int:

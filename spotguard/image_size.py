@@ -1,10 +1,13 @@
-"""/sys/power/image_size, lowered to the planned image just before hibernating.
+"""/sys/power/image_size, set to the planned image just before hibernating.
 
-Once reclaim has pushed out what it could, what is left above the kernel's floor is mostly
-clean (swap cache, a little page cache). With image_size above it, the kernel copies it all
-into the image; with image_size at the planned size, it drops those pages cheaply in the
-hibernation window. The old value comes back after the resume (or a refused hibernation), and,
-from the journal in the state dir, at the next start if the agent died in between.
+Lowered: once reclaim has pushed out what it could, what is left above the kernel's floor is
+mostly clean (swap cache, a little page cache). With image_size above it, the kernel copies it
+all into the image; with image_size at the planned size, it drops those pages cheaply in the
+hibernation window. Raised: below saveable (image_size=0 above all) the kernel allocates all of
+memory but its target inside the window to shrink the image, which costs more than writing a
+small image whole (planner._raised_image). The old value comes back after the resume (or a
+refused hibernation), and, from the journal in the state dir, at the next start if the agent
+died in between.
 """
 
 from __future__ import annotations
@@ -34,20 +37,21 @@ class ImageSizeControl:
         )
         self._saved: int | None = None
 
-    def lower(self, target_bytes: int) -> None:
+    def set_to(self, target_bytes: int) -> None:
         """Never raises: a kernel without the file (or a read-only one) hibernates as it is."""
         path = self._fs.path(IMAGE_SIZE)
         try:
             current = self._read()
-            if current <= target_bytes:
+            if current == target_bytes:
                 return
-            if self._saved is None:  # the first lowering's original is the one to restore
+            if self._saved is None:  # the first change's original is the one to restore
                 self._saved = self._claim()
             path.write_text(f"{target_bytes}\n", encoding="ascii")
         except (OSError, ValueError) as exc:
             log.warning("image_size.unchanged", error=str(exc))
             return
-        log.info("image_size.lowered", to_bytes=target_bytes, was_bytes=current)
+        event = "image_size.lowered" if target_bytes < current else "image_size.raised"
+        log.info(event, to_bytes=target_bytes, was_bytes=current)
 
     def restore(self) -> None:
         if self._saved is None:
@@ -63,7 +67,7 @@ class ImageSizeControl:
                 log.warning("image_size.journal_failed", error=str(exc))
 
     def recover(self) -> None:
-        """At start: put back a value a dead agent left lowered (never one a live one holds)."""
+        """At start: put back a value a dead agent left changed (never one a live one holds)."""
         if self._journal is None:
             return
 
@@ -76,7 +80,7 @@ class ImageSizeControl:
         self._journal.recover(put_back)
 
     def _claim(self) -> int:
-        """The value to put back: the journal's, if a dead agent left it lowered meanwhile."""
+        """The value to put back: the journal's, if a dead agent left it changed meanwhile."""
         if self._journal is None:
             return self._read()
         return self._journal.claim(IMAGE_SIZE, self._read)

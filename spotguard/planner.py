@@ -37,6 +37,7 @@ from spotguard.trigger import TriggerResult
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
 RECLAIM_PAYS = 1.1  # hibernation seconds a second of reclaim must save to go past the deadline
+RAISED_HEADROOM = 1.1  # image_size raised to this much of saveable (planner._raised_image)
 SIGNALLED_SLEEP_S = 1.0  # with the sleep hook's SIGUSR1, this much kernel-counted sleep will do
 HANDLED_KEPT = 16
 SAME_BOOT_S = 30.0  # the wall clock at boot, as a previous run saw it: further off, another boot
@@ -114,7 +115,8 @@ class Notify:
 class Hibernate:
     event: Event
     reason: str  # image-small | deadline | reclaim-exhausted
-    image_size_bytes: int | None = None  # lower /sys/power/image_size to this first
+    image_size_bytes: int | None = None  # set /sys/power/image_size to this first
+    estimate: ImageEstimate | None = None  # what the decision stands on, for its log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +289,10 @@ def _note_reclaim_end(state: PlannerState, obs: Observation) -> PlannerState:
     done = obs.reclaim_finished
     if done is None:
         return state
+    if done.intensity is Intensity.EMERGENCY and done.stop_reason == "budget":
+        # Its budget came from the prediction at its start; what it reclaimed makes the
+        # hibernation quicker, so the time up to the new latest start is reclaim time too.
+        return state
     if done.intensity is Intensity.EMERGENCY:
         return dataclasses.replace(state, emergency_reclaim_done=True)
     if done.intensity is Intensity.LIGHT and done.stop_reason == "budget":
@@ -363,6 +369,9 @@ def _emergency(
     estimate = obs.estimate
     if impossible or estimate is None:
         return _graceful(state, obs, notice, impossible, decisions)
+    raised = _raised_image(estimate, config)
+    if raised is not None:
+        estimate = estimate.unshrunk(raised)  # the kernel's fast path: the plan stands on it
 
     deadline = notice.deadline if notice.deadline is not None else obs.wall + FALLBACK_WARNING_S
     hibernate_takes = estimate.predicted_write_s + config.hibernate.fixed_overhead
@@ -404,10 +413,10 @@ def _emergency(
             return _graceful(state, obs, notice, why, decisions)
         if obs.reclaim_running is not None:
             decisions.append(CancelReclaim(f"hibernating: {go}"))
-        target = _tightened_image(estimate, config, go, latest_start - obs.wall)
+        target = raised or _tightened_image(estimate, config, go, latest_start - obs.wall)
         decisions += [
             RunHooks("pre-hibernate", notice, config.hibernate.pre_hibernate_budget),
-            Hibernate(notice, go, target),
+            Hibernate(notice, go, target, estimate),
         ]
         seconds_left = deadline - obs.wall
         decisions.append(Notify("hibernating", notice, go))
@@ -433,6 +442,28 @@ def _emergency(
     elif obs.reclaim_running not in (None, Intensity.EMERGENCY):
         decisions.append(CancelReclaim("a spot notice needs emergency reclaim"))
     return state, decisions
+
+
+def _raised_image(estimate: ImageEstimate, config: Config) -> int | None:
+    """/sys/power/image_size raised to hold all of saveable, if anything: when the kernel would
+    shrink the image inside the window and that shrink is predicted to take longer than writing
+    what it would shrink away. Below saveable the kernel allocates all of memory but its target
+    first: at image_size=0 and 8 GiB under TCG that took 24-40 s with only ~0.5 GiB left to
+    save (issue 11), where writing the 0.5 GiB takes about 3 s."""
+    hibernate = config.hibernate
+    if not hibernate.raise_image_size or hibernate.mode == "none" or estimate.shrink_bytes == 0:
+        return None
+    if estimate.unshrunk_shrink_s + estimate.unshrunk_write_s >= estimate.predicted_write_s:
+        return None
+    if estimate.swap_free_bytes < estimate.saveable_bytes * hibernate.swap_margin:
+        return None
+    # Saveable grows a little between this decision and the kernel's count (hooks, the
+    # hibernation call itself); past the raised value the kernel would shrink after all. Above
+    # its own cap (about half of memory) the kernel shrinks whatever image_size says.
+    raised = int(estimate.saveable_bytes * RAISED_HEADROOM)
+    if raised > estimate.max_image_bytes or raised <= estimate.image_size_limit:
+        return None
+    return raised
 
 
 def _tightened_image(

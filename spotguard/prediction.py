@@ -219,6 +219,10 @@ class Prediction:
     # end of the kernel's shrink, or GAIN_PROBE_BYTES). Above 1, reclaiming before the trigger
     # ends the whole sooner than triggering at once.
     reclaim_gain: float = 0.0
+    # The same trigger with image_size raised to hold all of saveable: no shrink, a bigger
+    # write (see planner._raised_image).
+    unshrunk_shrink_s: float = 0.0
+    unshrunk_write_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -272,7 +276,13 @@ class Predictor:
             )
             saved = now.total_s - self._model(after, rates).total_s
             gain = saved / (from_clean / DROP_BYTES_PER_S + from_anon / rates.swap)
-        prediction = replace(now, reclaim_gain=gain)
+        unshrunk = self._model(replace(memory, image_limit=memory.saveable), rates)
+        prediction = replace(
+            now,
+            reclaim_gain=gain,
+            unshrunk_shrink_s=unshrunk.shrink_s,
+            unshrunk_write_s=unshrunk.write_s,
+        )
         self._last = prediction
         return prediction
 

@@ -130,6 +130,19 @@ def test_image_size_zero_is_not_small_while_the_kernel_would_shrink(tmp_path: Pa
     assert after.predicted_shrink_s < estimate.predicted_shrink_s / 4
 
 
+def test_unshrunk_is_the_same_moment_with_image_size_past_saveable(tmp_path: Path) -> None:
+    estimate = ImageEstimator(tree(tmp_path, image_size="0"), HibernateConfig()).estimate()
+    assert estimate.shrink_bytes > 0
+    raised = estimate.unshrunk(estimate.saveable_bytes)
+    assert raised.image_bytes == raised.expected_bytes == estimate.saveable_bytes
+    assert (raised.shrink_bytes, raised.shrink_swap_bytes) == (0, 0)
+    assert raised.image_size_limit == estimate.saveable_bytes
+    assert raised.predicted_write_s == pytest.approx(
+        estimate.unshrunk_shrink_s + estimate.unshrunk_write_s
+    )
+    assert 0 < raised.predicted_shrink_s < estimate.predicted_shrink_s
+
+
 def test_swap_cache_is_not_written_again_nor_counted_on_to_go(tmp_path: Path) -> None:
     meminfo = MEMINFO.replace("SwapCached:            0", "SwapCached:      1048576")
     estimate = ImageEstimator(tree(tmp_path, meminfo, image_size="0"), HibernateConfig()).estimate()

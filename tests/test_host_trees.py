@@ -331,3 +331,13 @@ def test_cgroup_files_that_are_no_number_end_the_stage(tmp_path: Path, what: str
     cgroup = Cgroup.under(HostFS(tmp_path), CG, "batch.slice", LibcWriter())
     with pytest.raises(CgroupError, match=r"memory\.current"):
         cgroup.current()
+
+
+def test_a_joined_path_is_kept_so_its_parts_stay_interned(tmp_path: Path) -> None:
+    """Issue 9's soak: rebuilding the same paths every poll churned the interpreter's intern
+    table until it doubled (0.5 MiB of RSS at ~30 s). One Path per host file, reused."""
+    fs = HostFS(tmp_path)
+    first = fs.path("/sys/fs/cgroup/batch.slice/memory.pressure")
+    assert fs.path("/sys/fs/cgroup/batch.slice/memory.pressure") is first
+    assert first == tmp_path / "sys/fs/cgroup/batch.slice/memory.pressure"
+    assert HostFS(tmp_path / "other").path("/proc/stat") == tmp_path / "other/proc/stat"

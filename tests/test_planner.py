@@ -304,6 +304,76 @@ class TestStopNotice:
         (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
         assert hibernate.image_size_bytes is None
 
+    def test_image_size_raised_when_the_kernels_shrink_is_the_slow_part(self) -> None:
+        """Issue 11, image_size=0: with 0.5 GiB left to save the kernel still allocated nearly
+        all of memory to shrink it inside the window (24-40 s); written whole it takes ~3 s."""
+        n = notice()
+        zero = dataclasses.replace(
+            estimate(expected=GIB // 2, floor=GIB // 2),
+            saveable_bytes=GIB // 2 + (20 << 20),
+            image_size_limit=0,
+            max_image_bytes=4 * GIB,
+            shrink_bytes=20 << 20,
+            predicted_write_s=30.0,
+            unshrunk_shrink_s=1.0,
+            unshrunk_write_s=2.0,
+        )
+        _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=zero), config())
+        (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
+        assert hibernate.image_size_bytes == int(zero.saveable_bytes * 1.1)
+        assert hibernate.estimate is not None
+        assert hibernate.estimate.predicted_write_s == 3.0  # what the log line says it predicted
+        assert hibernate.estimate.shrink_bytes == 0
+        _, kept = plan(
+            PlannerState(),
+            obs(0, events=(n,), estimate=zero),
+            config(hibernate={"raise_image_size": False}),
+        )
+        assert [d.image_size_bytes for d in kept if isinstance(d, Hibernate)] == [None]
+
+    def test_image_size_not_raised_when_the_shrink_is_cheaper_swap_small_or_capped(self) -> None:
+        n = notice()
+        slow = dataclasses.replace(
+            estimate(expected=GIB // 2, floor=GIB // 2),
+            saveable_bytes=GIB // 2 + (20 << 20),
+            image_size_limit=0,
+            max_image_bytes=4 * GIB,
+            shrink_bytes=20 << 20,
+            predicted_write_s=30.0,
+            unshrunk_shrink_s=1.0,
+            unshrunk_write_s=2.0,
+        )
+        cheap = dataclasses.replace(slow, predicted_write_s=2.5)
+        tight = dataclasses.replace(slow, swap_free_bytes=int(0.56 * GIB))  # fits as it is only
+        capped = dataclasses.replace(slow, max_image_bytes=slow.saveable_bytes)  # kernel's cap
+        above = dataclasses.replace(slow, image_size_limit=GIB)  # raising would lower it
+        sizes = []
+        for each in (slow, cheap, tight, capped, above):
+            _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=each), config())
+            sizes += [d.image_size_bytes for d in decisions if isinstance(d, Hibernate)]
+        assert sizes == [int(slow.saveable_bytes * 1.1), None, None, None, None]
+
+    def test_emergency_reclaim_cut_by_its_budget_starts_again_while_time_allows(self) -> None:
+        """Its budget came from the prediction at its start; the image it left is quicker to
+        hibernate, so the time to the new latest start is reclaim time too."""
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
+        n = notice(in_s=120)
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
+        cut = ReclaimResult(Intensity.EMERGENCY, GIB, 20.0, "budget")
+        quicker = estimate(expected=GIB + GIB // 2)  # 15.4 s to write now
+        state, decisions = plan(
+            state, obs(20, events=(n,), reclaim_finished=cut, estimate=quicker), cfg
+        )
+        (again,) = [d for d in decisions if isinstance(d, StartReclaim)]
+        assert again.request.intensity is Intensity.EMERGENCY
+        # latest start = 120 - 20 - (15.36 + 10) = 74.6 s; from t=20, less one poll
+        assert again.request.budget_s == pytest.approx(53.6, abs=0.1)
+        late = ReclaimResult(Intensity.EMERGENCY, GIB, 53.6, "budget")
+        _, decisions = plan(
+            state, obs(74, events=(n,), reclaim_finished=late, estimate=quicker), cfg
+        )
+        assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
+
     def test_issued_at_most_once_per_notice(self) -> None:
         cfg = config()
         n = notice()

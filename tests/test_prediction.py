@@ -145,6 +145,25 @@ def test_below_the_target_only_the_image_is_allocated() -> None:
     assert predicted.write_s == pytest.approx(1024 / 100)
 
 
+def test_beside_the_kernels_shrink_the_path_without_one() -> None:
+    """image_size=0 with half a GiB left to save: the kernel allocates every frame but the
+    floor's to shrink it (the slow part under emulation); with image_size raised past
+    saveable it allocates the image's frames only and writes it whole."""
+    zero = dataclasses.replace(
+        TRIGGER,
+        saveable=512 * MIB,
+        anon=300 * MIB,
+        clean=50 * MIB,
+        image_limit=0,
+        free=7900 * MIB,
+    )
+    predicted = Predictor(100 * MIB, 200 * MIB, FakeLog()).predict(zero)
+    assert predicted.alloc_bytes == zero.saveable + zero.free - zero.floor
+    assert predicted.unshrunk_shrink_s == pytest.approx(512 / 200)
+    assert predicted.unshrunk_write_s == pytest.approx(512 / 100)
+    assert predicted.unshrunk_shrink_s + predicted.unshrunk_write_s < predicted.total_s
+
+
 def test_issue_11s_spotguard_arm_within_a_quarter() -> None:
     """The model against the kernel's own split at the trigger of issue 11's spotguard arm:
     87.4 s preallocation, 73.7 s write; allocation at 74 MB/s (its oneshot arm), our reclaim's
