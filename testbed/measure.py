@@ -93,6 +93,9 @@ class Measurement:
     warm_touch_s: float  # checksum pass over the working set before hibernation
     retouch_s: float  # the same pass after resume
     checksum_ok: bool
+    # In swap and not in RAM as swap cache at the first sample after resume: what the re-touch
+    # must read back (vanilla's image holds the swap cache its own shrink made; ours drops it).
+    paged_back_bytes: int = 0
 
     @property
     def image_over_floor(self) -> float:
@@ -214,7 +217,15 @@ def measure(seen: Observed) -> Measurement:
         warm_touch_s=float(warm["seconds"]),
         retouch_s=float(retouch["seconds"]),
         checksum_ok=retouch["ok"] == "1" and warm["ok"] == "1",
+        paged_back_bytes=_paged_back(seen.second),
     )
+
+
+def _paged_back(lines: Sequence[Line]) -> int:
+    """Swap in use minus swap cache at the resumed guest's first memory sample; 0 without one."""
+    for _, fields in markers(lines, "mem"):
+        return max(int(fields["swap_used"]) - int(fields.get("swapcached", 0)), 0)
+    return 0
 
 
 def _kernel_split(lines: Sequence[Line]) -> tuple[float, float]:

@@ -3,11 +3,15 @@
 An 8 GiB run takes many minutes; with the host's times of each run (``observed.json``) next
 to its two timed console logs, a report can be rebuilt and the runs of several invocations
 combined (``python -m testbed.run --add`` / ``--report-only``) without booting anything again.
+`archive` keeps those small files, the consoles gzipped, beside the report (``OUT/runs``), so
+that the runs behind a committed table outlive the scratch folder and the machine.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,14 +109,42 @@ def load(folder: Path) -> ArmRun:
     return outcome(seen, info, str(facts.get("error") or ""))
 
 
+def archive(scratch: Path, kept: Path) -> list[Path]:
+    """Copy each recorded run under `scratch` that `kept` lacks: its facts and its consoles,
+    gzipped (~30 KiB a run), never its disks. Returns the folders written."""
+    written = []
+    for folder in sorted(scratch.glob("*")):
+        target = kept / folder.name
+        if not (folder / OBSERVED).exists() or (target / OBSERVED).exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for name in CONSOLES:
+            console = folder / f"{name}.console"
+            if console.exists():
+                with (
+                    console.open("rb") as raw,
+                    gzip.open(f"{target / name}.console.gz", "wb") as gz,
+                ):
+                    shutil.copyfileobj(raw, gz)
+        shutil.copyfile(folder / OBSERVED, target / OBSERVED)  # last: it marks the run whole
+        written.append(target)
+    return written
+
+
 def read_console(path: Path) -> list[Line]:
-    """A console log as `testbed.guest.Console` writes it: ``<host time> <text>`` per line."""
-    if not path.exists():
+    """A console log as `testbed.guest.Console` writes it: ``<host time> <text>`` per line;
+    ``NAME.console.gz`` beside it when only the archived copy is there."""
+    packed = path.with_name(path.name + ".gz")
+    if not path.exists() and not packed.exists():
         return []
     lines: list[Line] = []
     # "\n" only, untranslated: a console line may hold a "\r" in its text.
-    with path.open(encoding="utf-8", newline="") as log:
-        content = log.read()
+    if path.exists():
+        with path.open(encoding="utf-8", newline="") as log:
+            content = log.read()
+    else:
+        with gzip.open(packed, "rt", encoding="utf-8", newline="") as log:
+            content = log.read()
     for raw in content.split("\n")[:-1]:
         stamp, _, text = raw.partition(" ")
         lines.append(Line(float(stamp), text, len(lines)))
@@ -121,11 +153,15 @@ def read_console(path: Path) -> list[Line]:
 
 def recorded(folders: Sequence[Path], memory_mib: int | None = None) -> list[ArmRun]:
     """Every recorded run in `folders` (run folders or their parents), oldest first; with
-    `memory_mib`, only the runs of that guest size."""
+    `memory_mib`, only the runs of that guest size. A run found twice under one name (scratch
+    and archive) counts once, from the first folder."""
     found = []
+    names: set[str] = set()
     for folder in folders:
         candidates = [folder] if (folder / OBSERVED).exists() else sorted(folder.glob("*"))
-        found += [load(c) for c in candidates if (c / OBSERVED).exists()]
+        fresh = [c for c in candidates if (c / OBSERVED).exists() and c.name not in names]
+        names.update(c.name for c in fresh)
+        found += [load(c) for c in fresh]
     if memory_mib is not None:
         found = [r for r in found if r.info.facts.get("memory_mib") == memory_mib]
     return sorted(found, key=lambda r: r.info.started_utc)

@@ -83,6 +83,14 @@ DETAILS: list[tuple[str, Cell]] = [
     ("fg stall max ms", lambda m: m.fg_max_ms),
     ("touch before s", lambda m: m.warm_touch_s),
     ("re-touch after s", lambda m: m.retouch_s),
+    (
+        "paged back on re-touch MiB (swap - swap cache, at resume)",
+        lambda m: m.paged_back_bytes / MIB,
+    ),
+    (
+        "re-touch MB/s paged back",
+        lambda m: m.paged_back_bytes / 1e6 / m.retouch_s if m.retouch_s else None,
+    ),
     ("checksum ok", lambda m: float(m.checksum_ok)),
 ]
 

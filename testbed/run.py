@@ -4,8 +4,9 @@ Each arm run boots the guest twice on fresh disks. Boot 1 runs the workload, idl
 the arm's way and hibernates (QEMU exits once the image is written); boot 2 resumes from the
 swap disk and re-touches the working set. ``--help`` lists the knobs; results go to
 ``--out`` (text table, JSON, a PNG of one spotguard run), each run's console logs and host
-times to a folder of its own under ``--out/tmp``, from which ``--add`` and ``--report-only``
-rebuild a report over several invocations.
+times to a folder of its own under ``--out/tmp`` (its disks too: scratch), its facts and
+gzipped consoles also to ``--out/runs`` (kept), from which ``--add`` and ``--report-only``
+rebuild a report over several invocations, on this machine or a later one.
 """
 
 from __future__ import annotations
@@ -287,12 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--add",
         action="store_true",
-        help="report these runs together with those recorded before under OUT/tmp (same --memory)",
+        help="report these runs with those recorded under OUT/tmp and OUT/runs (same --memory)",
     )
     parser.add_argument(
         "--report-only",
         action="store_true",
-        help="boot nothing: a report of the runs recorded under OUT/tmp (same --memory)",
+        help="boot nothing: a report of the runs under OUT/tmp and OUT/runs (same --memory)",
     )
     args = parser.parse_args(argv)
     # A stopped benchmark still stops its guests and deletes its disks (the `with` blocks).
@@ -301,12 +302,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = tuple(s for s in args.image_size.split(",") if s)
     if unknown := [a for a in arms if a not in ARMS] + [s for s in sizes if s not in IMAGE_SIZES]:
         parser.error(f"unknown arm or image size: {', '.join(unknown)}")
-    earlier = (
-        record.recorded([args.out / "tmp"], args.memory) if args.add or args.report_only else []
-    )
+    scratch, kept = args.out / "tmp", args.out / "runs"
+    earlier = record.recorded([scratch, kept], args.memory) if args.add or args.report_only else []
     if args.report_only:
         if not earlier:
-            parser.error(f"no recorded {args.memory} MiB runs under {args.out / 'tmp'}")
+            parser.error(f"no recorded {args.memory} MiB runs under {scratch} or {kept}")
+        record.archive(scratch, kept)
         written = report.write(earlier, args.out)
         print(written.read_text())
         return 0 if all(r.measurement for r in earlier) else 1
@@ -323,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     command = shlex.join(["python", "-m", "testbed.run", *(sys.argv[1:] if argv is None else argv)])
     runs = benchmark(image, plan, args.out, command)
+    record.archive(scratch, kept)
     written = report.write([*earlier, *runs], args.out)
     print(written.read_text())
     return 0 if all(r.measurement for r in runs) else 1

@@ -49,6 +49,7 @@ FIRST = [
 SECOND = [
     (230.0, "[   40.1] PM: hibernation: Read 226928 kbytes in 20.94 seconds (10.83 MB/s)"),
     (255.0, "TESTBED back t=50"),
+    (255.5, "TESTBED mem t=50.5 swap_used=300000000 swapcached=100000000 load=1"),
     (280.0, "TESTBED retouch t=70 seconds=20.076 ok=1"),
 ]
 
@@ -133,6 +134,30 @@ def test_a_run_folder_reads_back_to_the_same_figures(tmp_path: Path) -> None:
     assert again.measurement == measure(seen)
     assert again.info == info
     assert record.recorded([tmp_path.parent], memory_mib=2) == []
+
+
+def test_an_archived_run_reads_back_from_its_gzipped_consoles(tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp" / "1024M-default-spotguard-x-0"
+    scratch.mkdir(parents=True)
+    for name, raw in zip(record.CONSOLES, (FIRST, SECOND), strict=True):
+        (scratch / f"{name}.console").write_text("".join(f"{t:.3f} {ln}\n" for t, ln in raw))
+    (scratch / "root.qcow2").write_bytes(b"disk")  # scratch only: never archived
+    info = RunInfo("python -m testbed.run --memory 1024", "2026-12-01T20:00:00Z", {"memory_mib": 1})
+    record.save(scratch, record.outcome(observed(), info))
+    kept = tmp_path / "runs"
+    (archived,) = record.archive(tmp_path / "tmp", kept)
+    assert sorted(p.name for p in archived.iterdir()) == [
+        "hibernate.console.gz",
+        "observed.json",
+        "resume.console.gz",
+    ]
+    assert record.archive(tmp_path / "tmp", kept) == []  # once
+    assert record.load(archived).measurement == measure(observed())
+    both = record.recorded([tmp_path / "tmp", kept])
+    assert len(both) == 1  # the same run, in scratch and archive
+    assert both[0].measurement is not None
+    # what the re-touch had to read back: in swap, less what swap cache still held
+    assert both[0].measurement.paged_back_bytes == 200_000_000
 
 
 def test_a_reading_error_is_not_kept_but_a_failed_run_is(tmp_path: Path) -> None:
