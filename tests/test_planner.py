@@ -271,10 +271,22 @@ class TestStopNotice:
         # until only a small image still fits: 120 - 20 - 10 - its write, less one poll
         assert start.request.budget_s == pytest.approx(120 - 20 - 10 - small_s - 1, abs=0.1)
         running = {"events": (n,), "reclaim_running": Intensity.EMERGENCY}
-        state, decisions = plan(state, obs(30, estimate=slow, **running), cfg)
+        halfway = dataclasses.replace(slow, saveable_bytes=4 * GIB)  # 3.4 GiB to go: 35 s
+        state, decisions = plan(state, obs(30, estimate=halfway, **running), cfg)
         assert decisions == []  # the plain rule would have hibernated at t=0
-        even = dataclasses.replace(slow, predicted_write_s=60.0, reclaim_gain=1.0)
+        even = dataclasses.replace(halfway, predicted_write_s=60.0, reclaim_gain=1.0)
         _, decisions = plan(state, obs(31, estimate=even, **running), cfg)
+        assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
+
+    def test_no_going_past_the_plain_deadline_when_reclaim_cannot_get_there(self) -> None:
+        """A slow host: 6.4 GiB still to swap at the 50 MB/s seen here is 128 s, more than
+        is left before the last chance: hibernate at the plain rule's time, not later."""
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
+        n = notice(in_s=120)
+        slow = dataclasses.replace(
+            estimate(), predicted_write_s=100.0, reclaim_gain=3.0, swap_rate_bytes_per_s=50 << 20
+        )
+        _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=slow), cfg)
         assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
 
     def test_exhausted_reclaim_hibernates_without_waiting(self) -> None:
