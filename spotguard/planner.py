@@ -378,7 +378,7 @@ def _emergency(
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
     if estimate.reclaim_gain > RECLAIM_PAYS and not state.emergency_reclaim_done:
-        latest_start = max(latest_start, _last_chance(estimate, config, obs.wall, latest_start))
+        latest_start = max(latest_start, _last_chance(estimate, config, latest_start))
 
     late = obs.wall + config.agent.poll_interval >= latest_start
     go = ""
@@ -438,19 +438,22 @@ def _emergency(
     return state, decisions
 
 
-def _last_chance(estimate: ImageEstimate, config: Config, now: float, latest_start: float) -> float:
+def _last_chance(estimate: ImageEstimate, config: Config, latest_start: float) -> float:
     """When our reclaim shortens the hibernation by more than the time it takes (ending the
     kernel's shrink spares it allocating nearly all of memory; the image writes slower than we
-    swap), the latest start for a small image, while our reclaim, at the rate it swaps here,
-    can still get there by then; else `latest_start`. On a host three times slower than planned
-    for, reclaim never got there and a large image began hibernating with 47 s left for 105 s
-    predicted (2026-12-02's first 8 GiB run)."""
+    swap), the latest start for a small image, as long as reclaiming to a small image, at the
+    rate our reclaim swaps here, and hibernating it ends sooner than hibernating now; else
+    `latest_start`. Judged afresh at every tick: on a host three times slower than planned for
+    (2026-12-02's 8 GiB runs) the rate seen halved the plan's, and a large image began
+    hibernating with 47-57 s left for 89-105 s predicted."""
     small = small_image_bytes(estimate, config)
     per_byte = estimate.seconds_per_image_byte or 1 / max(estimate.bandwidth_bytes_per_s, 1)
-    last_chance = latest_start + estimate.predicted_write_s - small * per_byte
+    small_s = small * per_byte
     to_swap = max(estimate.saveable_bytes - estimate.clean_bytes - small, 0)
     swap_rate = estimate.swap_rate_bytes_per_s or estimate.bandwidth_bytes_per_s
-    return last_chance if now + to_swap / max(swap_rate, 1) <= last_chance else latest_start
+    if to_swap / max(swap_rate, 1) + small_s >= estimate.predicted_write_s:
+        return latest_start
+    return latest_start + estimate.predicted_write_s - small_s
 
 
 def _raised_image(estimate: ImageEstimate, config: Config) -> int | None:

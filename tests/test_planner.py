@@ -278,9 +278,29 @@ class TestStopNotice:
         _, decisions = plan(state, obs(31, estimate=even, **running), cfg)
         assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
 
-    def test_no_going_past_the_plain_deadline_when_reclaim_cannot_get_there(self) -> None:
-        """A slow host: 6.4 GiB still to swap at the 50 MB/s seen here is 128 s, more than
-        is left before the last chance: hibernate at the plain rule's time, not later."""
+    def test_reclaim_goes_on_when_both_paths_are_late_but_it_ends_sooner(self) -> None:
+        """2026-12-02's last 8 GiB run: the swap rate seen halved the plan's, and at t=62 the
+        plain rule hibernated 3.9 GB with 57 s left for 89 s predicted. Swapping the 1.9 GiB
+        still to go (43 s at 45 MiB/s) and hibernating a small image (4 s) ends sooner."""
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
+        n = notice(in_s=120)
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
+        late = dataclasses.replace(
+            estimate(floor=GIB // 3, clean=int(1.6 * GIB)),
+            saveable_bytes=int(3.9 * GIB),
+            predicted_write_s=89.0,
+            reclaim_gain=2.0,
+            swap_rate_bytes_per_s=45 << 20,
+        )
+        running = {"events": (n,), "reclaim_running": Intensity.EMERGENCY}
+        _, decisions = plan(state, obs(62, estimate=late, **running), cfg)
+        assert decisions == []  # reclaim on: the small image's latest start is t=85.9
+        _, decisions = plan(state, obs(86, estimate=late, **running), cfg)
+        assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
+
+    def test_no_going_past_the_plain_deadline_when_reclaim_would_end_later(self) -> None:
+        """A slow host: 6.4 GiB still to swap at the 50 MiB/s seen here is 131 s, then a small
+        image: later than the 100 s hibernating now takes. Hibernate at the plain rule's time."""
         cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
         n = notice(in_s=120)
         slow = dataclasses.replace(
