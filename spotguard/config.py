@@ -178,7 +178,7 @@ class HibernateConfig:
     region: str = ""  # "" : from the metadata service
     local_command: tuple[str, ...] = ("systemctl", "hibernate")  # mode local; no shell
     tune_image_size: bool = False  # lower /sys/power/image_size by the clean leftovers
-    # raise /sys/power/image_size to hold the whole image when the kernel's own shrink inside
+    # raise /sys/power/image_size to hold a small image whole when the kernel's own shrink inside
     # the window would take longer than writing what it shrinks (image_size=0 above all)
     raise_image_size: bool = True
 

@@ -461,9 +461,12 @@ def _raised_image(estimate: ImageEstimate, config: Config) -> int | None:
     shrink the image inside the window and that shrink is predicted to take longer than writing
     what it would shrink away. Below saveable the kernel allocates all of memory but its target
     first: at image_size=0 and 8 GiB under TCG that took 24-40 s with only ~0.5 GiB left to
-    save (issue 11), where writing the 0.5 GiB takes about 3 s."""
+    save (issue 11), where writing the 0.5 GiB takes about 3 s. Only for a small image: raised
+    past 3.8 GB on a slow host, the write took 137 s for 80 s predicted (2026-12-02)."""
     hibernate = config.hibernate
     if not hibernate.raise_image_size or hibernate.mode == "none" or estimate.shrink_bytes == 0:
+        return None
+    if estimate.saveable_bytes > small_image_bytes(estimate, config):
         return None
     if estimate.unshrunk_shrink_s + estimate.unshrunk_write_s >= estimate.predicted_write_s:
         return None

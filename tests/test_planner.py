@@ -363,7 +363,7 @@ class TestStopNotice:
         )
         assert [d.image_size_bytes for d in kept if isinstance(d, Hibernate)] == [None]
 
-    def test_image_size_not_raised_when_the_shrink_is_cheaper_swap_small_or_capped(self) -> None:
+    def test_image_size_raised_only_for_a_small_image_that_fits_and_gains(self) -> None:
         n = notice()
         slow = dataclasses.replace(
             estimate(expected=GIB // 2, floor=GIB // 2),
@@ -379,11 +379,12 @@ class TestStopNotice:
         tight = dataclasses.replace(slow, swap_free_bytes=int(0.56 * GIB))  # fits as it is only
         capped = dataclasses.replace(slow, max_image_bytes=slow.saveable_bytes)  # kernel's cap
         above = dataclasses.replace(slow, image_size_limit=GIB)  # raising would lower it
+        large = dataclasses.replace(slow, saveable_bytes=GIB, max_image_bytes=4 * GIB)
         sizes = []
-        for each in (slow, cheap, tight, capped, above):
+        for each in (slow, cheap, tight, capped, above, large):
             _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=each), config())
             sizes += [d.image_size_bytes for d in decisions if isinstance(d, Hibernate)]
-        assert sizes == [int(slow.saveable_bytes * 1.1), None, None, None, None]
+        assert sizes == [int(slow.saveable_bytes * 1.1), None, None, None, None, None]
 
     def test_emergency_reclaim_cut_by_its_budget_starts_again_while_time_allows(self) -> None:
         """Its budget came from the prediction at its start; the image it left is quicker to
