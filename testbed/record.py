@@ -138,13 +138,10 @@ def read_console(path: Path) -> list[Line]:
     if not path.exists() and not packed.exists():
         return []
     lines: list[Line] = []
+    opener = open if path.exists() else gzip.open
     # "\n" only, untranslated: a console line may hold a "\r" in its text.
-    if path.exists():
-        with path.open(encoding="utf-8", newline="") as log:
-            content = log.read()
-    else:
-        with gzip.open(packed, "rt", encoding="utf-8", newline="") as log:
-            content = log.read()
+    with opener(path if path.exists() else packed, "rt", encoding="utf-8", newline="") as log:
+        content = log.read()
     for raw in content.split("\n")[:-1]:
         stamp, _, text = raw.partition(" ")
         lines.append(Line(float(stamp), text, len(lines)))

@@ -63,6 +63,21 @@ def estimate(
     )
 
 
+def small_at_image_size_zero() -> ImageEstimate:
+    """Issue 11's image_size=0 after reclaim: 20 MiB over the floor, yet the kernel would spend
+    30 s allocating nearly all of memory to shrink it; written whole, 3 s."""
+    return dataclasses.replace(
+        estimate(expected=GIB // 2, floor=GIB // 2),
+        saveable_bytes=GIB // 2 + (20 << 20),
+        image_size_limit=0,
+        max_image_bytes=4 * GIB,
+        shrink_bytes=20 << 20,
+        predicted_write_s=30.0,
+        unshrunk_shrink_s=1.0,
+        unshrunk_write_s=2.0,
+    )
+
+
 def notice(action: str = "stop", in_s: float = 120.0, now: float = WALL) -> Event:
     return Event(EventKind.SPOT_INTERRUPTION, f"spot-itn:{action}", action, deadline=now + in_s)
 
@@ -340,16 +355,7 @@ class TestStopNotice:
         """Issue 11, image_size=0: with 0.5 GiB left to save the kernel still allocated nearly
         all of memory to shrink it inside the window (24-40 s); written whole it takes ~3 s."""
         n = notice()
-        zero = dataclasses.replace(
-            estimate(expected=GIB // 2, floor=GIB // 2),
-            saveable_bytes=GIB // 2 + (20 << 20),
-            image_size_limit=0,
-            max_image_bytes=4 * GIB,
-            shrink_bytes=20 << 20,
-            predicted_write_s=30.0,
-            unshrunk_shrink_s=1.0,
-            unshrunk_write_s=2.0,
-        )
+        zero = small_at_image_size_zero()
         _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=zero), config())
         (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
         assert hibernate.image_size_bytes == int(zero.saveable_bytes * 1.1)
@@ -365,16 +371,7 @@ class TestStopNotice:
 
     def test_image_size_raised_only_for_a_small_image_that_fits_and_gains(self) -> None:
         n = notice()
-        slow = dataclasses.replace(
-            estimate(expected=GIB // 2, floor=GIB // 2),
-            saveable_bytes=GIB // 2 + (20 << 20),
-            image_size_limit=0,
-            max_image_bytes=4 * GIB,
-            shrink_bytes=20 << 20,
-            predicted_write_s=30.0,
-            unshrunk_shrink_s=1.0,
-            unshrunk_write_s=2.0,
-        )
+        slow = small_at_image_size_zero()
         cheap = dataclasses.replace(slow, predicted_write_s=2.5)
         tight = dataclasses.replace(slow, swap_free_bytes=int(0.56 * GIB))  # fits as it is only
         capped = dataclasses.replace(slow, max_image_bytes=slow.saveable_bytes)  # kernel's cap
