@@ -42,7 +42,6 @@ class ImageEstimate:
     swap_rate_bytes_per_s: int = 0  # assumed for the shrink's swap writes
     rate_source: str = ""  # where the rates came from: config, reclaim (pswpout), log (kernel)
     calibration: float = 1.0  # measured / predicted shrink of the last hibernation here
-    reclaim_gain: float = 0.0  # hibernation seconds one second of our reclaim saves (> 1: pays)
     seconds_per_image_byte: float = 0.0  # without a shrink: allocating its frame + writing it
     max_image_bytes: int = 0  # the kernel's own cap on the image (max_size), whatever image_size
     # With image_size raised to hold all of saveable (no shrink): preallocation and write.
@@ -83,7 +82,6 @@ class ImageEstimate:
             "write_rate": self.bandwidth_bytes_per_s,
             "swap_rate": self.swap_rate_bytes_per_s,
             "rate_source": self.rate_source,
-            "reclaim_gain": round(self.reclaim_gain, 2),
         }
 
 
@@ -189,7 +187,6 @@ class ImageEstimator:
             swap_rate_bytes_per_s=int(predicted.swap_rate),
             rate_source=predicted.rate_source,
             calibration=predicted.calibration,
-            reclaim_gain=predicted.reclaim_gain,
             seconds_per_image_byte=predicted.calibration / predicted.alloc_rate
             + 1 / predicted.write_rate,
             max_image_bytes=max(max_image, 0),

@@ -29,6 +29,7 @@ from spotguard.config import Config
 from spotguard.estimator import ImageEstimate
 from spotguard.events import Event, EventKind
 from spotguard.monitors import InstanceFacts
+from spotguard.prediction import DROP_BYTES_PER_S
 from spotguard.reclaim.api import Intensity, ReclaimRequest, ReclaimResult
 from spotguard.signals import HostSample
 from spotguard.trigger import TriggerResult
@@ -36,7 +37,6 @@ from spotguard.trigger import TriggerResult
 # Scheduled-event codes after which the instance is gone or stopped: worth getting ready for.
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
-RECLAIM_PAYS = 1.1  # hibernation seconds a second of reclaim must save to go past the deadline
 RAISED_HEADROOM = 1.1  # image_size raised to this much of saveable (planner._raised_image)
 SIGNALLED_SLEEP_S = 1.0  # with the sleep hook's SIGUSR1, this much kernel-counted sleep will do
 HANDLED_KEPT = 16
@@ -377,7 +377,7 @@ def _emergency(
     hibernate_takes = estimate.predicted_write_s + config.hibernate.fixed_overhead
     latest_start = deadline - config.hibernate.deadline_margin - hibernate_takes
     small = estimate.expected_bytes <= small_image_bytes(estimate, config)
-    if estimate.reclaim_gain > RECLAIM_PAYS and not state.emergency_reclaim_done:
+    if not state.emergency_reclaim_done:
         latest_start = max(latest_start, _last_chance(estimate, config, latest_start))
 
     late = obs.wall + config.agent.poll_interval >= latest_start
@@ -439,19 +439,20 @@ def _emergency(
 
 
 def _last_chance(estimate: ImageEstimate, config: Config, latest_start: float) -> float:
-    """When our reclaim shortens the hibernation by more than the time it takes (ending the
-    kernel's shrink spares it allocating nearly all of memory; the image writes slower than we
-    swap), the latest start for a small image, as long as reclaiming to a small image, at the
-    rate our reclaim swaps here, and hibernating it ends sooner than hibernating now; else
-    `latest_start`. Judged afresh at every tick: on a host three times slower than planned for
-    (2026-12-02's 8 GiB runs) the rate seen halved the plan's, and a large image began
-    hibernating with 47-57 s left for 89-105 s predicted."""
+    """The latest start for a small image, as long as reclaiming to one (the anonymous memory
+    not yet in swap, at the rate our reclaim swaps here; then the clean pages, dropped without
+    I/O) and hibernating it ends sooner than hibernating now; else `latest_start`. Judged
+    afresh at every tick, and the only rule for going past the plain deadline: on 2026-12-02's
+    slow host our swap writes left 60 % of what they swapped in swap cache, so 0.3 GB of anon
+    stood between a 3.8 GB image (139 s) and a 0.5 GB one, and a rule that weighed the next
+    256 MB of reclaim alone hibernated the large one with 65 s left."""
     small = small_image_bytes(estimate, config)
     per_byte = estimate.seconds_per_image_byte or 1 / max(estimate.bandwidth_bytes_per_s, 1)
     small_s = small * per_byte
     to_swap = max(estimate.saveable_bytes - estimate.clean_bytes - small, 0)
     swap_rate = estimate.swap_rate_bytes_per_s or estimate.bandwidth_bytes_per_s
-    if to_swap / max(swap_rate, 1) + small_s >= estimate.predicted_write_s:
+    reclaim_s = to_swap / max(swap_rate, 1) + estimate.clean_bytes / DROP_BYTES_PER_S
+    if reclaim_s + small_s >= estimate.predicted_write_s:
         return latest_start
     return latest_start + estimate.predicted_write_s - small_s
 

@@ -40,7 +40,6 @@ KMSG = "/dev/kmsg"
 DROP_BYTES_PER_S = 1 << 30
 MIN_SWAP_SAMPLE = 16 << 20  # less than this swapped in one write says nothing about the device
 CALIBRATION_RANGE = (0.5, 4.0)  # what one past hibernation may scale the preallocation by
-GAIN_PROBE_BYTES = 256 << 20  # how far ahead reclaim_gain looks, beyond the kernel's shrink
 # Reserved pages (the memmap, firmware tables) are mostly zeros and compress to little: in the
 # testbed's quiet 8 GiB runs they went out at ~440 MB/s where the rest of the image went at the
 # disk's 100 MB/s. Half that, to stay on the safe side; a real CPU compresses zeros faster.
@@ -215,10 +214,6 @@ class Prediction:
     calibration: float = 1.0  # measured / predicted preallocation of the last hibernation here
     alloc_bytes: int = 0  # page frames the kernel allocates
     alloc_rate: float = 0.0
-    # Seconds of hibernation one second of our own reclaim saves, over the next stretch (to the
-    # end of the kernel's shrink, or GAIN_PROBE_BYTES). Above 1, reclaiming before the trigger
-    # ends the whole sooner than triggering at once.
-    reclaim_gain: float = 0.0
     # The same trigger with image_size raised to hold all of saveable: no shrink, a bigger
     # write (see planner._raised_image).
     unshrunk_shrink_s: float = 0.0
@@ -260,26 +255,9 @@ class Predictor:
         self._learn()
         rates = self._rates()
         now = self._model(memory, rates)
-        # What reclaiming the next stretch would save, per second it takes: page cache first,
-        # as the engine does, then anonymous memory.
-        step = min(max(now.shrink_bytes, GAIN_PROBE_BYTES), memory.clean + memory.anon)
-        from_clean = min(step, memory.clean)
-        from_anon = step - from_clean
-        gain = 0.0
-        if from_anon > 0:
-            after = replace(
-                memory,
-                saveable=memory.saveable - step,
-                clean=memory.clean - from_clean,
-                anon=memory.anon - from_anon,
-                free=memory.free + step,
-            )
-            saved = now.total_s - self._model(after, rates).total_s
-            gain = saved / (from_clean / DROP_BYTES_PER_S + from_anon / rates.swap)
         unshrunk = self._model(replace(memory, image_limit=memory.saveable), rates)
         prediction = replace(
             now,
-            reclaim_gain=gain,
             unshrunk_shrink_s=unshrunk.shrink_s,
             unshrunk_write_s=unshrunk.write_s,
         )

@@ -46,6 +46,8 @@ BOOT_TIMEOUT = 900.0  # TCG on a busy 2-core host is slow
 SWAP_SLACK = 512 << 20
 # The guest agent's configuration, for what its log leaves out (its fixed hibernation overhead).
 AGENT_CONFIG = config.load(INGUEST / "spotguard.toml", env={})
+AGENT_IDLE_S = 10.0  # the agent's idle.duration: its default
+ONESHOT_AFTER_S = 30.0  # when the one-shot arm reclaims: the RFC daemon's 30 s of idle
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +59,8 @@ class Plan:
     runs: int = 1
     machine: Machine = field(default_factory=Machine)
     idle_s: float = 60.0
-    agent_idle_s: float = 30.0  # the agent's idle.duration, and when one-shot reclaims
+    agent_idle_s: float = AGENT_IDLE_S
+    oneshot_after_s: float = ONESHOT_AFTER_S
     notice_s: float = 120.0  # the spot notice's lead time
     # The agent's idle.cpu_idle_percent. The RFC's 95 % is out of reach under TCG: the
     # emulated timer work of the foreground probe alone keeps the least idle vCPU at 88-95 %.
@@ -75,7 +78,7 @@ class Plan:
         knobs = {
             "arm": arm,
             "idle": f"{self.idle_s:g}",
-            "oneshot_after": f"{self.agent_idle_s:g}",
+            "oneshot_after": f"{self.oneshot_after_s:g}",
             "agent_idle": f"{self.agent_idle_s:g}s",
             "agent_cpu_idle": f"{self.agent_cpu_idle:g}",
             "anon": f"{self.anon_percent:g}",
@@ -273,8 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--agent-idle",
         type=float,
-        default=30.0,
-        help="seconds idle before reclaim starts (agent idle.duration, one-shot)",
+        default=AGENT_IDLE_S,
+        help="the agent's idle.duration: seconds idle before its light reclaim starts",
+    )
+    parser.add_argument(
+        "--oneshot-after",
+        type=float,
+        default=ONESHOT_AFTER_S,
+        help="seconds idle before the one-shot arm's single memory.reclaim write",
     )
     parser.add_argument(
         "--agent-cpu-idle",
@@ -320,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine=Machine(memory_mib=args.memory, cpus=args.cpus, accel=accel),
         idle_s=args.idle,
         agent_idle_s=args.agent_idle,
+        oneshot_after_s=args.oneshot_after,
         agent_cpu_idle=args.agent_cpu_idle,
     )
     command = shlex.join(["python", "-m", "testbed.run", *(sys.argv[1:] if argv is None else argv)])
@@ -339,6 +349,7 @@ def plan_facts(plan: Plan) -> dict[str, object]:
         "disk_mib_s": plan.machine.disk_bps / (1 << 20),
         "idle_s": plan.idle_s,
         "agent_idle_s": plan.agent_idle_s,
+        "oneshot_after_s": plan.oneshot_after_s,
         "agent_cpu_idle_percent": plan.agent_cpu_idle,
         "runs": plan.runs,
         "notice_s": plan.notice_s,

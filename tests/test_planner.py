@@ -279,7 +279,7 @@ class TestStopNotice:
         triggering at the plain deadline ended later than reclaiming on."""
         cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
         n = notice(in_s=120)
-        slow = dataclasses.replace(estimate(), predicted_write_s=100.0, reclaim_gain=3.0)
+        slow = dataclasses.replace(estimate(), predicted_write_s=100.0)
         state, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=slow), cfg)
         (start,) = [d for d in decisions if isinstance(d, StartReclaim)]
         small_s = small_image_bytes(slow, cfg) / slow.bandwidth_bytes_per_s
@@ -289,7 +289,8 @@ class TestStopNotice:
         halfway = dataclasses.replace(slow, saveable_bytes=4 * GIB)  # 3.4 GiB to go: 35 s
         state, decisions = plan(state, obs(30, estimate=halfway, **running), cfg)
         assert decisions == []  # the plain rule would have hibernated at t=0
-        even = dataclasses.replace(halfway, predicted_write_s=60.0, reclaim_gain=1.0)
+        # the swap rate seen halves: 70 s to go, more than the 60 s hibernating now takes
+        even = dataclasses.replace(halfway, predicted_write_s=60.0, swap_rate_bytes_per_s=50 << 20)
         _, decisions = plan(state, obs(31, estimate=even, **running), cfg)
         assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
 
@@ -304,7 +305,6 @@ class TestStopNotice:
             estimate(floor=GIB // 3, clean=int(1.6 * GIB)),
             saveable_bytes=int(3.9 * GIB),
             predicted_write_s=89.0,
-            reclaim_gain=2.0,
             swap_rate_bytes_per_s=45 << 20,
         )
         running = {"events": (n,), "reclaim_running": Intensity.EMERGENCY}
@@ -313,13 +313,33 @@ class TestStopNotice:
         _, decisions = plan(state, obs(86, estimate=late, **running), cfg)
         assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
 
+    def test_swap_cache_left_by_our_reclaim_counts_as_the_clean_drop_it_is(self) -> None:
+        """2026-12-02 05:32: at t=49 of the emergency 3.57 GB was saveable, 2.8 GB of it swap
+        cache our own writes left and only 0.26 GB anon not yet in swap. Hibernating now was
+        predicted at 76.5 s (it took 139 s); swapping the rest (4 s), dropping the cache and
+        hibernating a small image takes a fraction of that: reclaim on."""
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "3s"})
+        n = notice(in_s=120)
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
+        cached = dataclasses.replace(
+            estimate(expected=int(3.57 * GIB), floor=int(0.39 * GIB), clean=int(2.85 * GIB)),
+            saveable_bytes=int(3.57 * GIB),
+            predicted_write_s=76.5,
+            swap_rate_bytes_per_s=62 << 20,
+        )
+        running = {"events": (n,), "reclaim_running": Intensity.EMERGENCY}
+        _, decisions = plan(state, obs(55.4, estimate=cached, **running), cfg)
+        assert decisions == []  # the old rule hibernated here, with 64.6 s left
+        _, decisions = plan(state, obs(92, estimate=cached, **running), cfg)
+        assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]
+
     def test_no_going_past_the_plain_deadline_when_reclaim_would_end_later(self) -> None:
         """A slow host: 6.4 GiB still to swap at the 50 MiB/s seen here is 131 s, then a small
         image: later than the 100 s hibernating now takes. Hibernate at the plain rule's time."""
         cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
         n = notice(in_s=120)
         slow = dataclasses.replace(
-            estimate(), predicted_write_s=100.0, reclaim_gain=3.0, swap_rate_bytes_per_s=50 << 20
+            estimate(), predicted_write_s=100.0, swap_rate_bytes_per_s=50 << 20
         )
         _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=slow), cfg)
         assert [d.reason for d in decisions if isinstance(d, Hibernate)] == ["deadline"]

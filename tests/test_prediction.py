@@ -206,27 +206,6 @@ def test_the_prediction_is_exported_as_a_metric(tmp_path: Path) -> None:
     assert estimate.predicted_write_s > 30.0  # image_size=0: the whole shrink is in it
 
 
-def test_reclaim_pays_while_it_ends_the_shrink_or_the_write_is_slower() -> None:
-    rates = SwapRate()
-    rates.note(57 * MIB, 1.0)
-    tcg = Predictor(36 * MIB, 74 * MIB, FakeLog(), rates)
-    shrinking = tcg.predict(TRIGGER)
-    assert shrinking.reclaim_gain > 2.0  # ending the shrink also ends allocating all of RAM
-    small = MemoryNow(saveable=GIB, floor=90 * MIB, image_limit=3 * GIB, anon=GIB, clean=0)
-    write_bound = tcg.predict(small)
-    assert write_bound.reclaim_gain == pytest.approx(57 / 74 + 57 / 36)
-    native = Predictor(100 * MIB, 64 * GIB, FakeLog(), rates).predict(small)
-    # writing at our own swap rate, allocating fast: a byte swapped is about a byte not written
-    assert native.reclaim_gain == pytest.approx(1.0 + 57 / (64 * 1024))
-    nothing = dataclasses.replace(small, anon=0)
-    assert tcg.predict(nothing).reclaim_gain == 0.0
-    # image_size=0: slab we cannot reclaim keeps the kernel shrinking (allocating all of RAM)
-    # whatever we do; swapping first only moves the same writes ahead
-    anon = TRIGGER.saveable - TRIGGER.floor - 64 * MIB
-    floor_target = dataclasses.replace(TRIGGER, image_limit=0, clean=0, anon=anon)
-    assert tcg.predict(floor_target).reclaim_gain == pytest.approx(1.0, abs=0.05)
-
-
 def test_the_agent_predicts_from_the_swap_rate_its_own_reclaim_reached(tmp_path: Path) -> None:
     """build_agent shares one SwapRate between the engine and the estimator."""
     config = from_mapping(

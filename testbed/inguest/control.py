@@ -33,7 +33,7 @@ AGENT_ARMS = ("spotguard", "spotguard-hibernate")
 def start_agent(knobs: dict[str, str]) -> None:
     """The agent reads its idle time from the environment, so one image serves every run."""
     env = (
-        f"SPOTGUARD_IDLE_DURATION={knobs.get('agent_idle', '30s')}\n"
+        f"SPOTGUARD_IDLE_DURATION={knobs.get('agent_idle', '10s')}\n"
         f"SPOTGUARD_IDLE_CPU_IDLE_PERCENT={knobs.get('agent_cpu_idle', '95')}\n"
     )
     (RUN_DIR / "agent.env").write_text(env)
