@@ -46,7 +46,7 @@ BOOT_TIMEOUT = 900.0  # TCG on a busy 2-core host is slow
 SWAP_SLACK = 512 << 20
 # The guest agent's configuration, for what its log leaves out (its fixed hibernation overhead).
 AGENT_CONFIG = config.load(INGUEST / "spotguard.toml", env={})
-AGENT_IDLE_S = 10.0  # the agent's idle.duration: its default
+AGENT_IDLE_S = float(config.IdleConfig().duration)  # the agent's own default
 ONESHOT_AFTER_S = 30.0  # when the one-shot arm reclaims: the RFC daemon's 30 s of idle
 
 
