@@ -318,6 +318,13 @@ def goals(groups: dict[tuple[str, str], list[Measurement]]) -> list[Goal]:
     return found
 
 
+def _busy(facts: dict[str, Any]) -> list[str]:
+    workers = facts.get("busy_workers")
+    if workers is None:
+        return []
+    return [f"Busy host: {workers} process(es) spinning on the host beside every run."]
+
+
 def render(
     facts: dict[str, Any],
     runs: Sequence[ArmRun],
@@ -333,6 +340,7 @@ def render(
         f"({facts.get('cpus')} vCPUs, {_num(facts.get('disk_mib_s'))} MiB/s disk, "
         f"{facts.get('workload')}, {_num(facts.get('idle_s'))} s idle, "
         f"{facts.get('runs')} run(s) in all; {'medians (min-max)' if several else 'one run each'})",
+        *_busy(facts),
         "",
         "Commands (each run's own in the JSON):",
         *[f"    {c}" for c in _commands(runs)],

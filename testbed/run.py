@@ -67,6 +67,9 @@ class Plan:
     agent_cpu_idle: float = 80.0
     anon_percent: float = 60.0
     cache_percent: float = 25.0
+    # Spinning processes beside the guest for the whole run: the promise's busy host, on
+    # demand (TCG slows with the host, as on 2026-12-02's shared one, 2-3x).
+    busy_workers: int = 0
 
     @property
     def swap_bytes(self) -> int:
@@ -104,7 +107,8 @@ def run_arm(
         started_utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     load = os.getloadavg()[0]
-    done = _run_arm(image, plan, (arm, image_size), folder, info)
+    with busy_host(plan.busy_workers):
+        done = _run_arm(image, plan, (arm, image_size), folder, info)
     done = replace(done, info=replace(done.info, host_load=(load, os.getloadavg()[0])))
     record.save(folder, done)
     return done
@@ -201,6 +205,20 @@ def _hibernate(
 
 
 @contextmanager
+def busy_host(workers: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`workers` processes that only spin, at the host's normal priority, until the block ends."""
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(workers)
+    ]
+    try:
+        yield spinners
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+@contextmanager
 def _simulator(arm: str) -> Iterator[MetadataSimulator | None]:
     """The metadata simulator on 127.0.0.1, for the arms that run the real agent."""
     if arm not in AGENT_ARMS:
@@ -291,6 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=80.0,
         help="the agent's idle.cpu_idle_percent (95 is out of reach under TCG)",
     )
+    parser.add_argument(
+        "--busy-host",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N processes spinning on the host during every run (a busy host, on demand)",
+    )
     parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
@@ -331,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent_idle_s=args.agent_idle,
         oneshot_after_s=args.oneshot_after,
         agent_cpu_idle=args.agent_cpu_idle,
+        busy_workers=args.busy_host,
     )
     command = shlex.join(["python", "-m", "testbed.run", *(sys.argv[1:] if argv is None else argv)])
     runs = benchmark(image, plan, args.out, command)
@@ -354,6 +380,7 @@ def plan_facts(plan: Plan) -> dict[str, object]:
         "runs": plan.runs,
         "notice_s": plan.notice_s,
         "workload": f"{plan.anon_percent:g} % anon + {plan.cache_percent:g} % page cache",
+        **({"busy_workers": plan.busy_workers} if plan.busy_workers else {}),
     }
 
 

@@ -14,6 +14,7 @@ from testbed import record, report
 from testbed.guest import Line
 from testbed.measure import MeasureError, Measurement, Observed, measure
 from testbed.record import ArmRun, RunInfo
+from testbed.run import Plan, busy_host, plan_facts
 
 # Lines as a 1 GiB guest printed them (kernel printk stamps; host arrival times in front).
 FIRST = [
@@ -221,3 +222,18 @@ def test_spot_action_hibernate_has_no_deadline_to_judge() -> None:
     assert m.deadline_slack_s is None
     checks = report.goals(report.by_arm([m]))
     assert all(g.met is None for g in checks if g.label.startswith("spotguard: notice"))
+
+
+def test_a_busy_host_run_says_so_and_leaves_no_spinner_behind(tmp_path: Path) -> None:
+    """`--busy-host N`: the promise holds on a busy host too, so the testbed can make one."""
+    with busy_host(2) as spinners:
+        assert [s.poll() for s in spinners] == [None, None]  # spinning all through the block
+    assert all(s.returncode is not None for s in spinners)
+    facts = plan_facts(Plan(busy_workers=2))
+    assert facts["busy_workers"] == 2
+    assert "busy_workers" not in plan_facts(Plan())  # a quiet run's facts, as before
+    busy = replace(run(measure(observed())), info=RunInfo("cmd", "", {**facts, "memory_mib": 1}))
+    text = report.write([busy], tmp_path).read_text()
+    assert "Busy host: 2 process(es) spinning" in text
+    quiet = report.write([run(measure(observed()))], tmp_path / "quiet").read_text()
+    assert "Busy host" not in quiet
