@@ -31,6 +31,8 @@ AGENT_ARMS = ("spotguard", "spotguard-hibernate")
 # The agent's prediction in its `hibernate.issued` event (spotguard.estimator's
 # prediction_fields): trigger -> image written, and its parts.
 PREDICTION_FIELDS = ("predicted_s", "predicted_shrink_s", "predicted_image_write_s")
+# saveable > this x the copied image: the kernel shrank it, its "preallocation" was swapping.
+SHRUNK = 1.1
 
 
 class MeasureError(ValueError):
@@ -107,6 +109,19 @@ class Measurement:
         if self.predicted_s is None or self.hibernate_s <= 0:
             return None
         return self.predicted_s / self.hibernate_s - 1.0
+
+    @property
+    def at_floor_s(self) -> float | None:
+        """This hibernation had its image been the kernel's floor, at the run's own rates: the
+        allocation and the write per byte, the snapshot and the rest as they were. The best
+        any reclaim could have done on this host. None where the kernel shrank the image (its
+        preallocation was then swapping, which a floor-sized image would not do)."""
+        if min(self.image_bytes, self.written_bytes) <= 0:
+            return None
+        if self.saveable_bytes > SHRUNK * self.image_bytes:
+            return None
+        per_byte = self.prealloc_s / self.image_bytes + self.write_s / self.written_bytes
+        return self.snapshot_s + self.other_s + per_byte * self.floor_bytes
 
     @property
     def deadline_slack_s(self) -> float | None:

@@ -70,6 +70,7 @@ DETAILS: list[tuple[str, Cell]] = [
     ("kernel snapshot (devices, copy) s", lambda m: m.snapshot_s),
     ("kernel write s", lambda m: m.write_s),
     ("other (freeze, sync, power-off) s", lambda m: m.other_s),
+    ("at the kernel floor s (this run's rates and fixed costs)", lambda m: m.at_floor_s),
     ("kernel write MB/s", lambda m: m.written_bytes / 1e6 / m.write_s if m.write_s else None),
     ("kernel read s", lambda m: m.read_s),
     ("resume before read s (boot)", lambda m: m.resume_s - m.read_s),
@@ -318,6 +319,22 @@ def goals(groups: dict[tuple[str, str], list[Measurement]]) -> list[Goal]:
     return found
 
 
+def limits(groups: dict[tuple[str, str], list[Measurement]]) -> list[str]:
+    """What no agent could beat here: an image at the kernel's floor, at the spotguard runs'
+    own rates and fixed costs, over vanilla's hibernation (the RFC's ratio at its best)."""
+    found = []
+    for size in ("default", "0"):
+        floor = _median(groups, "spotguard", size, lambda m: m.at_floor_s)
+        vanilla = _median(groups, "vanilla", size, lambda m: m.hibernate_s)
+        if floor is not None and vanilla:
+            best = floor / vanilla
+            found.append(
+                f"- limit: an image at the kernel floor would hibernate in {best:.3f} x "
+                f"vanilla's time here (image_size={size}; at the floor s / vanilla's s, medians)"
+            )
+    return found
+
+
 def _busy(facts: dict[str, Any]) -> list[str]:
     workers = facts.get("busy_workers")
     if workers is None:
@@ -380,6 +397,7 @@ def render(
         lines += timeline(run)
     lines += ["", "Goals (issue 11; spotguard arm, medians unless it says every run):"]
     lines += [f"- [{g.verdict}] {g.label}: {_fmt(g.value)}" for g in checks]
+    lines += limits(groups)
     lines += [
         f"- run failed: {r.observed.arm} {r.info.started_utc}: {r.error}" for r in runs if r.error
     ]

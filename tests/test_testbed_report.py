@@ -237,3 +237,26 @@ def test_a_busy_host_run_says_so_and_leaves_no_spinner_behind(tmp_path: Path) ->
     assert "Busy host: 2 process(es) spinning" in text
     quiet = report.write([run(measure(observed()))], tmp_path / "quiet").read_text()
     assert "Busy host" not in quiet
+
+
+def test_the_floor_limit_scales_this_runs_rates_to_the_kernels_floor(tmp_path: Path) -> None:
+    """What no agent could beat on this host: the run's own per-byte rates and fixed costs,
+    for an image the size of the kernel's floor; not where the kernel shrank (then its
+    "preallocation" was swapping out, which a floor-sized image would not do)."""
+    m = replace(
+        measure(observed()),
+        image_bytes=400 << 20,
+        written_bytes=400 << 20,
+        saveable_bytes=420 << 20,
+        floor_bytes=300 << 20,
+        prealloc_s=4.0,
+        write_s=4.0,
+        snapshot_s=2.0,
+        other_s=1.0,
+        hibernate_s=11.0,
+    )
+    assert m.at_floor_s == pytest.approx(3.0 + 8.0 * 300 / 400)
+    assert replace(m, saveable_bytes=2 << 30).at_floor_s is None  # shrunk: not a rate
+    van = replace(measure(observed("vanilla")), hibernate_s=90.0)
+    text = report.write([run(van), run(m)], tmp_path).read_text()
+    assert f"floor would hibernate in {9.0 / 90.0:.3f} x vanilla's time here" in text
