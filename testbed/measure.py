@@ -124,6 +124,14 @@ class Measurement:
         return self.snapshot_s + self.other_s + per_byte * self.floor_bytes
 
     @property
+    def resume_at_floor_s(self) -> float | None:
+        """This resume had it read an image the size of the kernel's floor: the boot before
+        the read as it was, the read at the run's own rate."""
+        if self.read_bytes <= 0:
+            return None
+        return self.resume_s - self.read_s + self.read_s * self.floor_bytes / self.read_bytes
+
+    @property
     def deadline_slack_s(self) -> float | None:
         """Seconds to spare before the deadline (the goal: at least 10)."""
         return None if self.deadline_s is None else self.deadline_s - self.notice_to_exit_s

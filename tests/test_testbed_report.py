@@ -260,3 +260,5 @@ def test_the_floor_limit_scales_this_runs_rates_to_the_kernels_floor(tmp_path: P
     van = replace(measure(observed("vanilla")), hibernate_s=90.0)
     text = report.write([run(van), run(m)], tmp_path).read_text()
     assert f"floor would hibernate in {9.0 / 90.0:.3f} x vanilla's time here" in text
+    resume = replace(m, resume_s=20.0, read_s=8.0, read_bytes=400 << 20)
+    assert resume.resume_at_floor_s == pytest.approx(12.0 + 8.0 * 300 / 400)
