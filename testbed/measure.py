@@ -275,15 +275,21 @@ def _prediction(lines: Sequence[Line]) -> tuple[float | None, ...]:
 
 
 def _anon_reclaim_rate(lines: Sequence[Line], trigger: Line) -> float | None:
-    """Swap-out bytes per second during the reclaim that races the clock: the oneshot arm's
-    one write, or the agent's emergency reclaim runs finished before the trigger. Swap growth
-    comes from the once-a-second memory samples, so windows under ~5 s are rough."""
+    """Anon moved out of RAM per second during the reclaim that races the clock: the oneshot
+    arm's one write, or the agent's emergency reclaim runs finished before the trigger. Out of
+    RAM is in swap and not in swap cache: freeing swap cache an earlier write left (as a
+    cancelled light reclaim does) moves anon out with no swap growth, and a write that leaves
+    its pages cached has not. From the once-a-second memory samples: windows under ~5 s are
+    rough."""
     windows = [(ln.t - float(f["seconds"]), ln.t) for ln, f in markers(lines, "reclaim-done")] + [
         (ln.t - float(e.get("duration_s", 0.0)), ln.t)
         for ln, e in agent_events(lines)
         if e["event"] == "reclaim.done" and e.get("intensity") == "emergency" and ln.t <= trigger.t
     ]
-    samples = [(ln.t, float(f["swap_used"])) for ln, f in markers(lines, "mem")]
+    samples = [
+        (ln.t, float(f["swap_used"]) - float(f.get("swapcached", 0)))
+        for ln, f in markers(lines, "mem")
+    ]
     swapped = sum(_at(samples, end) - _at(samples, start) for start, end in windows)
     seconds = sum(end - start for start, end in windows)
     return swapped / seconds if seconds > 0 and samples else None

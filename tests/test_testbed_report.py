@@ -107,6 +107,13 @@ def test_one_run_figures_come_from_its_lines() -> None:
     assert m.floor_bytes == 106442752
     # 200 MB swapped out over the 2 s emergency window (interpolated between samples)
     assert m.anon_reclaim_bps == pytest.approx((200e6 * 2 / 3) / 2.0)
+    # swap cache an earlier write left, freed in the window: out of RAM without swap growth
+    cached = [
+        (101.0, "TESTBED mem t=41 swap_used=500000000 swapcached=300000000 load=1"),
+        (104.0, "TESTBED mem t=44 swap_used=500000000 swapcached=0 load=1"),
+    ]
+    freed = measure(observed(first=lines([*FIRST[:1], *cached, *FIRST[2:4], *FIRST[5:]])))
+    assert freed.anon_reclaim_bps == pytest.approx((300e6 * 2 / 3) / 2.0)
     assert m.read_s == 20.94
     assert m.checksum_ok
     assert m.fg_max_ms == 89.89  # the kernel's line printed into the marker's is cut off
