@@ -300,6 +300,25 @@ def test_webhook_hears_notice_and_hibernation(
     assert Receiver.got[1]["event"]["action"] == "stop"
 
 
+def test_an_agent_without_a_webhook_never_loads_requests(tmp_path: Path) -> None:
+    """requests is about 4.5 MiB of an idle agent's RSS (goal <= 40 MB): loaded only for a
+    webhook. A fresh interpreter, since this one has it loaded already."""
+    code = (
+        "import sys\n"
+        "from spotguard.assemble import build_agent\n"
+        "from spotguard.config import from_mapping\n"
+        "for dry in (False, True):\n"
+        f"    settings = {{'agent': {{'state_file': '{tmp_path}/s.json'}},"
+        " 'imds': {'url': 'http://127.0.0.1:9'}}\n"
+        "    build_agent(from_mapping(settings, {}), dry_run=dry)\n"
+        "print('requests' in sys.modules)\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert loaded.stdout.splitlines()[-1] == "False"  # after the agent's own log lines
+
+
 def test_spotguard_run_daemon(tmp_path: Path, moto_server: MotoServer, instance_id: str) -> None:
     """`spotguard run` as a process: one StopInstances, a readable status, a clean SIGTERM."""
     host = SimHost(tmp_path / "host", cgroups={"batch.slice": SimCgroup(GIB // 8, GIB // 8)})
