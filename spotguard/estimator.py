@@ -164,7 +164,6 @@ class ImageEstimator:
                 anon=max(anon_lru - swap_cached, 0),
                 clean=max(file_lru - dirty, 0),
                 free=info["MemFree"],
-                reserved=reserved,
             )
         )
         return ImageEstimate(

@@ -40,10 +40,6 @@ KMSG = "/dev/kmsg"
 DROP_BYTES_PER_S = 1 << 30
 MIN_SWAP_SAMPLE = 16 << 20  # less than this swapped in one write says nothing about the device
 CALIBRATION_RANGE = (0.5, 4.0)  # what one past hibernation may scale the preallocation by
-# Reserved pages (the memmap, firmware tables) are mostly zeros and compress to little: in the
-# testbed's quiet 8 GiB runs they went out at ~440 MB/s where the rest of the image went at the
-# disk's 100 MB/s. Half that, to stay on the safe side; a real CPU compresses zeros faster.
-RESERVED_WRITE_BYTES_PER_S = 200 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +192,6 @@ class MemoryNow:
     # the kernel's shrink leave it and copy it into the image (2.2 of 2.6 GiB).
     clean: int
     free: int = 0  # MemFree: the kernel allocates it too when it must shrink
-    reserved: int = 0  # reserved pages present, part of `saveable`: cheap to write
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +284,7 @@ class Predictor:
             shrink_bytes=shrink,
             shrink_swap_bytes=swapped,
             shrink_s=prealloc_s * self._calibration,
-            write_s=_write_s(image, memory.reserved, rates.write),
+            write_s=image / rates.write,
             swap_rate=rates.swap,
             write_rate=rates.write,
             rate_source=rates.source,
@@ -321,14 +316,6 @@ class Predictor:
             kernel_shrink_s=allocated_s,
             calibration=round(self._calibration, 2),
         )
-
-
-def _write_s(image: int, reserved: int, rate: float) -> float:
-    """The image's write: its reserved pages at their own rate, the rest at the device's.
-    Without that split the small images spotguard leaves (~60 % reserved pages in the
-    testbed) were predicted to take three times as long to write as they did."""
-    cheap = min(reserved, image)
-    return (image - cheap) / rate + cheap / RESERVED_WRITE_BYTES_PER_S
 
 
 def _slowest(**rates: float | None) -> tuple[float, str]:
