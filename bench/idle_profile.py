@@ -4,7 +4,7 @@
 says what for, part by part, so a change aims at the part that costs (issue 11: find where
 the time goes before changing anything). The metadata simulator runs in a child process so
 that its serving is not counted; the agent is `build_agent` with the notice benchmark's
-settings (1 s poll, reclaim pointed at an empty folder, hibernate mode none). yappi's own
+settings (`notice_latency.agent_env`). yappi's own
 overhead grows with the number of calls, so the shares are what to read, not the totals.
 
     .venv/bin/python bench/idle_profile.py [--seconds 120]
@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import yappi
+from notice_latency import agent_env
 
 from spotguard import config, logs
 from spotguard.assemble import build_agent
@@ -57,17 +58,7 @@ def main() -> int:
     simulator.start()
     logs.configure(stream=open(os.devnull, "w"))  # noqa: SIM115 - for the whole run
     with tempfile.TemporaryDirectory() as name:
-        tmp = Path(name)
-        env = {
-            "SPOTGUARD_CONFIG": str(tmp / "absent.toml"),
-            "SPOTGUARD_IMDS_URL": ours.recv(),
-            "SPOTGUARD_AGENT_POLL_INTERVAL": "1",
-            "SPOTGUARD_AGENT_STATE_FILE": str(tmp / "state.json"),
-            "SPOTGUARD_AGENT_HOOK_DIR": str(tmp / "hooks"),
-            "SPOTGUARD_RECLAIM_CGROUP_ROOT": str(tmp / "no-cgroups"),
-            "SPOTGUARD_IDLE_DURATION": "24h",
-            "SPOTGUARD_HIBERNATE_MODE": "none",
-        }
+        env = agent_env(Path(name), ours.recv())
         agent = build_agent(config.load(env=env))
         stop = threading.Event()
         yappi.set_clock_type("cpu")

@@ -28,6 +28,7 @@ KERNEL = {
 STAMP = re.compile(r"^\[\s*(\d+\.\d+)\]")  # printk's own clock, exact where arrival lags
 PRINTK = re.compile(r"\[\s*\d+\.\d+\]")
 AGENT_ARMS = ("spotguard", "spotguard-hibernate")
+IMAGE_SIZES = ("default", "0")  # the RFC's two rows: the kernel's default image_size, and 0
 # The agent's prediction in its `hibernate.issued` event (spotguard.estimator's
 # prediction_fields): trigger -> image written, and its parts.
 PREDICTION_FIELDS = ("predicted_s", "predicted_shrink_s", "predicted_image_write_s")

@@ -17,6 +17,7 @@ from typing import Any
 
 from testbed.measure import (
     AGENT_ARMS,
+    IMAGE_SIZES,
     Measurement,
     agent_events,
     event_times,
@@ -324,7 +325,7 @@ def limits(groups: dict[tuple[str, str], list[Measurement]]) -> list[str]:
     """What no agent could beat here: an image at the kernel's floor, at the spotguard runs'
     own rates and fixed costs, over vanilla's (the RFC's ratios at their best)."""
     found = []
-    for size in ("default", "0"):
+    for size in IMAGE_SIZES:
         for what, at_floor, took in (
             ("hibernate", lambda m: m.at_floor_s, lambda m: m.hibernate_s),
             ("resume", lambda m: m.resume_at_floor_s, lambda m: m.resume_s),

@@ -32,7 +32,7 @@ from spotguard.simulator import MetadataSimulator
 from testbed import record, report
 from testbed.guest import BaseImage, Disks, Guest, GuestError, ImdsNetwork, Machine
 from testbed.image import CACHE_DIR, INGUEST, build_base
-from testbed.measure import AGENT_ARMS, Observed
+from testbed.measure import AGENT_ARMS, IMAGE_SIZES, Observed
 from testbed.record import ArmRun, RunInfo
 
 log = structlog.get_logger()
@@ -41,7 +41,6 @@ log = structlog.get_logger()
 # hibernating at the notice: no lead time, only what was reclaimed before counts).
 ARMS = ("vanilla", "oneshot", "spotguard", "spotguard-hibernate")
 DEFAULT_ARMS = ARMS[:3]
-IMAGE_SIZES = ("default", "0")
 BOOT_TIMEOUT = 900.0  # TCG on a busy 2-core host is slow
 SWAP_SLACK = 512 << 20
 # The guest agent's configuration, for what its log leaves out (its fixed hibernation overhead).
