@@ -396,6 +396,12 @@ def _emergency(
             return state, decisions
         why = "instance facts unknown: the metadata service did not answer"
         return _graceful(state, obs, notice, why, decisions)
+    if go and obs.reclaim_running is not None and not late:
+        # Stop it and decide at the next tick, on the image as it then is: a cancelled
+        # emergency drops the swap cache it left, and image_size is judged on what stays
+        # (issue 11: 1.5 GB of it, dropped, would have let the raise apply).
+        decisions.append(CancelReclaim(f"hibernating next: {go}"))
+        return dataclasses.replace(state, reason=f"settling: {go}"), decisions
     if go:
         if not estimate.fits(config.hibernate.swap_margin):
             need = int(estimate.expected_bytes * config.hibernate.swap_margin)

@@ -254,6 +254,44 @@ class TestStopNotice:
         assert decisions == []
         shrunk = estimate(expected=GIB // 2 + (10 << 20))
         state, decisions = plan(state, obs(10, estimate=shrunk, **running), cfg)
+        assert kinds(decisions) == ["CancelReclaim"]  # first stopped, the image then judged
+        assert state.phase is Phase.EMERGENCY
+        assert state.reason == "settling: image-small"
+        cancelled = ReclaimResult(Intensity.EMERGENCY, GIB, 10.0, "cancelled")
+        state, decisions = plan(
+            state, obs(11, events=(n,), estimate=shrunk, reclaim_finished=cancelled), cfg
+        )
+        assert kinds(decisions) == ["RunHooks:pre-hibernate", "Hibernate", "Notify"]
+        assert state.phase is Phase.HIBERNATING
+
+    def test_image_size_is_judged_after_the_reclaim_dropped_its_swap_cache(self) -> None:
+        """Issue 11, image_size=0: decided while the emergency ran, saveable held 1.5 GB of swap
+        cache its cancel was to drop, the raise did not apply, and the kernel spent 45 s
+        allocating nearly all of memory. Judged a tick later, on what is left, it applies."""
+        n = notice()
+        after = small_at_image_size_zero()
+        before = dataclasses.replace(
+            after,
+            saveable_bytes=after.saveable_bytes + 3 * GIB // 2,
+            swap_cached_bytes=3 * GIB // 2,
+            shrink_bytes=after.shrink_bytes + 3 * GIB // 2,
+        )
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), config())
+        running = obs(5, events=(n,), estimate=before, reclaim_running=Intensity.EMERGENCY)
+        state, decisions = plan(state, running, config())
+        assert kinds(decisions) == ["CancelReclaim"]
+        cancelled = ReclaimResult(Intensity.EMERGENCY, GIB, 5.0, "cancelled")
+        settled = obs(6, events=(n,), estimate=after, reclaim_finished=cancelled)
+        _, decisions = plan(state, settled, config())
+        (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
+        assert hibernate.image_size_bytes == int(after.saveable_bytes * 1.1)
+
+    def test_no_time_to_settle_cancels_and_hibernates_in_one_tick(self) -> None:
+        cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
+        n = notice(in_s=120)
+        running = {"events": (n,), "reclaim_running": Intensity.EMERGENCY}
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), cfg)
+        _, decisions = plan(state, obs(58.5, **running), cfg)
         assert kinds(decisions) == [
             "CancelReclaim",
             "RunHooks:pre-hibernate",

@@ -161,17 +161,18 @@ class StagedReclaimer:
         if not names:
             return (), "no-targets"
         stages: list[StageResult] = []
+        reason = ""
         for name in names:
-            if reason := run.stop_reason():
-                return tuple(stages), reason
+            if reason := run.stop_reason() or "":
+                break
             try:
                 cgroup = Cgroup.under(self._fs, root, name, writer)
             except CgroupPathError as exc:  # changed since we planned: a symlink now
                 log.error("reclaim.cgroup_refused", cgroup=name, error=str(exc))
                 continue
             stages.append(run.stage(cgroup, backend))
-        reason = run.limit_reached() or "complete"
-        if run.emergency:
+        reason = reason or run.limit_reached() or "complete"
+        if run.emergency:  # also when stopped between cgroups (issue 11: 1.5 GB left cached)
             self._drop_swap_cache(run, root, stages, backend)
         return tuple(stages), reason
 
