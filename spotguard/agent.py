@@ -273,7 +273,20 @@ class Agent:
             except Exception:  # the loop outlives any single bad step
                 log.exception("agent.tick_failed")
             if not stop.is_set():
-                self.cadence.inbox.wait(self.config.agent.poll_interval)
+                self.cadence.inbox.wait(self._tick_every())
+
+    def _tick_every(self) -> float:
+        """Every poll while anything goes on; while calm, as often as the host is looked at
+        (`_full_look`): the spot poll's empty answers then wait for the next tick, and an event
+        wakes the loop at once (cadence), so a notice costs no more than before."""
+        if self._pace() is Pace.CALM:
+            return self.config.agent.slow_poll_interval
+        return self.config.agent.poll_interval
+
+    def resumed(self) -> None:
+        """The system-sleep hook's SIGUSR1: look now, not at the next calm tick."""
+        self.resume_flag.set()
+        self.cadence.inbox.wake()
 
     def shutdown(self, ends: float | None = None) -> None:
         """Stop reclaim (the v1 backend restores limits on cancel) and leave a final state."""
@@ -352,11 +365,12 @@ class Agent:
     def _take_readings(self, readings: list[Reading]) -> tuple[list[Event], list[Change]]:
         new: list[Event] = []
         changed: list[Change] = []
-        failed = ""
+        failed = 0
         for reading in readings:
             self.parts.metrics.observe_poll(reading.source, reading.took_s)
             if not reading.ok:
-                failed = reading.error
+                failed += 1
+                self.imds_error = reading.error
                 continue
             if reading.source == FACTS:
                 self._facts_known(reading.facts)
@@ -368,9 +382,8 @@ class Agent:
             self._quietly(self._log_new, event)
         for change in changed:
             self._quietly(self._log_change, change)
-        if failed:
-            self.imds_failures += 1
-            self.imds_error = failed
+        if failed:  # counted per poll: a calm tick takes several
+            self.imds_failures += failed
         elif readings:
             self.imds_failures = 0
         return new, changed

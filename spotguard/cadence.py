@@ -28,7 +28,6 @@ from spotguard.monitors import InstanceFacts, Monitor
 log = structlog.get_logger()
 
 FACTS = "facts"
-_URGENT = frozenset({EventKind.SPOT_INTERRUPTION.value, FACTS})  # their readings wake the loop
 
 
 class Pace(StrEnum):
@@ -65,6 +64,7 @@ class Inbox:
         with self._cond:
             self._items.append(reading)
             if wake:
+                self._woken = True
                 self._cond.notify_all()
 
     def take(self) -> list[Reading]:
@@ -73,9 +73,9 @@ class Inbox:
             return items
 
     def wait(self, timeout: float) -> None:
-        """Until something is posted, `wake` is called, or `timeout` passes."""
+        """Until something urgent is posted, `wake` is called, or `timeout` passes."""
         with self._cond:
-            if not self._items and not self._woken:
+            if not self._woken:
                 self._cond.wait(timeout)
             self._woken = False
 
@@ -126,8 +126,9 @@ class _Source:
             reading = dataclasses.replace(self._read(), took_s=time.monotonic() - began)
             if self._stop.is_set():
                 return
-            # An early warning with nothing to say need not cost a tick of its own.
-            self._inbox.post(reading, wake=self.name in _URGENT or bool(reading.events))
+            # A reading with nothing to say need not cost a tick of its own: while calm the
+            # loop ticks every slow_poll_interval, and any event or the facts wake it at once.
+            self._inbox.post(reading, wake=self.name == FACTS or bool(reading.events))
             self._failing = _report(self.name, reading, self._failing)
             self._wake.wait(max(interval - (time.monotonic() - began), 0.0))
             self._wake.clear()

@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     # The system-sleep hook sends SIGUSR1 after every resume.
-    signal.signal(signal.SIGUSR1, lambda *_: agent.resume_flag.set())
+    signal.signal(signal.SIGUSR1, lambda *_: agent.resumed())
     server = None
     if config.agent.metrics_port:
         server = MetricsServer(

@@ -400,3 +400,39 @@ def test_the_worker_reports_running_and_finished_in_one_reading() -> None:
     assert finished is not None
     assert finished.stop_reason == "complete"
     assert worker.take() == (None, None)  # reported once
+
+
+def test_a_calm_agent_ticks_slowly_yet_acts_on_a_notice_at_once(
+    tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
+) -> None:
+    """While calm the spot poll's empty answers wait for the next slow tick (most of an idle
+    agent's CPU was a tick per poll); a notice wakes the loop, not the slow tick."""
+    with served(instance_id) as imds:
+        agent = make_agent(tmp_path, imds, quiet_host, agent={"slow_poll_interval": 30.0})
+        ticks: list[float] = []
+        tick = agent.tick
+
+        def counted() -> list[Any]:
+            ticks.append(time.monotonic())
+            return tick()
+
+        agent.tick = counted  # type: ignore[method-assign]
+        stop = threading.Event()
+        loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        loop.start()
+        try:
+            end = time.monotonic() + 20
+            while agent.facts is None:  # the facts wake the loop too
+                assert time.monotonic() < end, "no facts"
+                time.sleep(0.05)
+            time.sleep(1.0)  # five polls of the notice, all empty
+            calm = len(ticks)
+            assert calm <= 3
+            imds.set_notice("stop", in_seconds=120)
+            while not stop_calls(moto_server):
+                assert time.monotonic() < end, "no StopInstances: the notice did not wake it"
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loop.join(15)
+    assert len(stop_calls(moto_server)) == 1
