@@ -51,7 +51,15 @@ from spotguard.planner import (
     plan,
     restore,
 )
-from spotguard.reclaim.api import Intensity, Reclaimer, ReclaimRequest, ReclaimResult, StageResult
+from spotguard.reclaim.api import (
+    DROP_GRACE_S,
+    Cancel,
+    Intensity,
+    Reclaimer,
+    ReclaimRequest,
+    ReclaimResult,
+    StageResult,
+)
 from spotguard.sdnotify import SystemdNotifier
 from spotguard.signals import HostSample
 from spotguard.state import StateFile
@@ -159,7 +167,7 @@ class ReclaimWorker:
 
     def __init__(self, reclaimer: Reclaimer) -> None:
         self._reclaimer = reclaimer
-        self._cancel = threading.Event()
+        self._cancel = Cancel()
         self._thread: threading.Thread | None = None
         self._request: ReclaimRequest | None = None
         self._finished: ReclaimResult | None = None
@@ -182,7 +190,7 @@ class ReclaimWorker:
             if self._request is not None:
                 return False
             self._request = request
-        self._cancel = threading.Event()
+        self._cancel = Cancel()
         self._thread = threading.Thread(
             target=self._work, args=(request, progress, before), name="reclaim", daemon=True
         )
@@ -209,9 +217,10 @@ class ReclaimWorker:
             self._finished = result
             self._request = None
 
-    def cancel(self, wait_s: float = CANCEL_WAIT_S) -> None:
-        """Stop the reclaim; the v1 backend restores the limits it lowered before it returns."""
-        self._cancel.set()
+    def cancel(self, wait_s: float = CANCEL_WAIT_S, grace_s: float = DROP_GRACE_S) -> None:
+        """Stop the reclaim; the v1 backend restores the limits it lowered before it returns.
+        `grace_s`: see Cancel."""
+        self._cancel.stop(grace_s)
         if self._thread is not None:
             self._thread.join(wait_s)
 
@@ -473,9 +482,9 @@ class Agent:
                     budget_s=round(request.budget_s, 1),
                     target_bytes=request.target_bytes,
                 )
-            case CancelReclaim(reason):
-                log.info("reclaim.cancelled", reason=reason)
-                self._worker.cancel()
+            case CancelReclaim(reason, grace_s):
+                log.info("reclaim.cancelled", reason=reason, grace_s=round(grace_s, 1))
+                self._worker.cancel(CANCEL_WAIT_S + grace_s, grace_s)
             case RunHooks(kind, event, budget):
                 self._run_hooks(kind, event, budget)
             case Notify(what, event, reason):

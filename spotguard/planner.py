@@ -30,7 +30,7 @@ from spotguard.estimator import ImageEstimate
 from spotguard.events import Event, EventKind
 from spotguard.monitors import InstanceFacts
 from spotguard.prediction import DROP_BYTES_PER_S
-from spotguard.reclaim.api import Intensity, ReclaimRequest, ReclaimResult
+from spotguard.reclaim.api import DROP_GRACE_S, Intensity, ReclaimRequest, ReclaimResult
 from spotguard.signals import HostSample
 from spotguard.trigger import TriggerResult
 
@@ -38,6 +38,7 @@ from spotguard.trigger import TriggerResult
 STOPPING_CODES = frozenset({"instance-stop", "instance-retirement", "instance-terminate"})
 MIN_SMALL_SLACK = 64 << 20  # a floor of a few MB would make "small" unreachable
 RAISED_HEADROOM = 1.1  # image_size raised to this much of saveable (planner._raised_image)
+SETTLE_DROP_FACTOR = 3.0  # x the swap-cache drop's predicted time: what a settling cancel allows
 SIGNALLED_SLEEP_S = 1.0  # with the sleep hook's SIGUSR1, this much kernel-counted sleep will do
 HANDLED_KEPT = 16
 SAME_BOOT_S = 30.0  # the wall clock at boot, as a previous run saw it: further off, another boot
@@ -95,6 +96,7 @@ class StartReclaim:
 @dataclass(frozen=True, slots=True)
 class CancelReclaim:
     reason: str
+    grace_s: float = DROP_GRACE_S  # for a cancelled emergency's swap-cache drop (api.Cancel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,10 +399,9 @@ def _emergency(
         why = "instance facts unknown: the metadata service did not answer"
         return _graceful(state, obs, notice, why, decisions)
     if go and obs.reclaim_running is not None and not late:
-        # Stop it and decide at the next tick, on the image as it then is: a cancelled
-        # emergency drops the swap cache it left, and image_size is judged on what stays
-        # (issue 11: 1.5 GB of it, dropped, would have let the raise apply).
-        decisions.append(CancelReclaim(f"hibernating next: {go}"))
+        # Stop it and decide at the next tick, on the image as it then is.
+        spare_s = latest_start - obs.wall - config.agent.poll_interval
+        decisions.append(_settling_cancel(go, estimate, spare_s))
         return dataclasses.replace(state, reason=f"settling: {go}"), decisions
     if go:
         if not estimate.fits(config.hibernate.swap_margin):
@@ -444,6 +445,14 @@ def _emergency(
     return state, decisions
 
 
+def _settling_cancel(go: str, estimate: ImageEstimate, spare_s: float) -> CancelReclaim:
+    """A cancelled emergency drops the swap cache it left: given the time it needs, out of
+    what is spare before the latest start (issue 11: 1.7 of 3.1 GB were left after the 1 s it
+    had, and went into the image)."""
+    drop_s = SETTLE_DROP_FACTOR * estimate.swap_cached_bytes / DROP_BYTES_PER_S
+    return CancelReclaim(f"hibernating next: {go}", max(min(spare_s, drop_s), DROP_GRACE_S))
+
+
 def _last_chance(estimate: ImageEstimate, config: Config, latest_start: float) -> float:
     """The latest start for a small image, as long as reclaiming to one (the anonymous memory
     not yet in swap, at the rate our reclaim swaps here; then the clean pages, dropped without
@@ -467,13 +476,12 @@ def _raised_image(estimate: ImageEstimate, config: Config) -> int | None:
     """/sys/power/image_size raised to hold all of saveable, if anything: when the kernel would
     shrink the image inside the window and that shrink is predicted to take longer than writing
     what it would shrink away. Below saveable the kernel allocates all of memory but its target
-    first: at image_size=0 and 8 GiB under TCG that took 24-40 s with only ~0.5 GiB left to
-    save (issue 11), where writing the 0.5 GiB takes about 3 s. Only for a small image: raised
-    past 3.8 GB on a slow host, the write took 137 s for 80 s predicted (2026-12-02)."""
+    first: at image_size=0 and 8 GiB under TCG that took 24-109 s with only ~0.5 GiB left to
+    save (issue 11), where writing the 0.5 GiB takes about 3 s. Judged on time alone, now
+    that the whole image is predicted at the slowest write rate known (a 3.8 GB one took
+    137 s on a slow host: 143 s predicted so, 80 s before)."""
     hibernate = config.hibernate
     if not hibernate.raise_image_size or hibernate.mode == "none" or estimate.shrink_bytes == 0:
-        return None
-    if estimate.saveable_bytes > small_image_bytes(estimate, config):
         return None
     if estimate.unshrunk_shrink_s + estimate.unshrunk_write_s >= estimate.predicted_write_s:
         return None

@@ -270,16 +270,20 @@ class TestStopNotice:
         allocating nearly all of memory. Judged a tick later, on what is left, it applies."""
         n = notice()
         after = small_at_image_size_zero()
-        before = dataclasses.replace(
+        before = dataclasses.replace(  # whole, with its swap cache, slower than its shrink
             after,
             saveable_bytes=after.saveable_bytes + 3 * GIB // 2,
             swap_cached_bytes=3 * GIB // 2,
             shrink_bytes=after.shrink_bytes + 3 * GIB // 2,
+            unshrunk_shrink_s=10.0,
+            unshrunk_write_s=25.0,
         )
         state, _ = plan(PlannerState(), obs(0, events=(n,)), config())
         running = obs(5, events=(n,), estimate=before, reclaim_running=Intensity.EMERGENCY)
         state, decisions = plan(state, running, config())
-        assert kinds(decisions) == ["CancelReclaim"]
+        (cancel,) = decisions
+        assert isinstance(cancel, CancelReclaim)
+        assert cancel.grace_s == pytest.approx(4.5)  # 3x the drop of 1.5 GiB at 1 GiB/s
         cancelled = ReclaimResult(Intensity.EMERGENCY, GIB, 5.0, "cancelled")
         settled = obs(6, events=(n,), estimate=after, reclaim_finished=cancelled)
         _, decisions = plan(state, settled, config())
@@ -434,12 +438,25 @@ class TestStopNotice:
         tight = dataclasses.replace(slow, swap_free_bytes=int(0.56 * GIB))  # fits as it is only
         capped = dataclasses.replace(slow, max_image_bytes=slow.saveable_bytes)  # kernel's cap
         above = dataclasses.replace(slow, image_size_limit=GIB)  # raising would lower it
-        large = dataclasses.replace(slow, saveable_bytes=GIB, max_image_bytes=4 * GIB)
+        # 2026-12-02, image_size=0: 1.7 GB of swap cache left; whole, 64 s against 89 s.
+        cached = dataclasses.replace(
+            slow,
+            saveable_bytes=2249437184,
+            predicted_write_s=89.2,
+            unshrunk_shrink_s=17.0,
+            unshrunk_write_s=47.0,
+        )
+        # A slow host's 3.8 GB, whole: 137 s measured, longer than its shrink.
+        large = dataclasses.replace(
+            cached, saveable_bytes=3800 << 20, unshrunk_shrink_s=38.0, unshrunk_write_s=105.0
+        )
         sizes = []
-        for each in (slow, cheap, tight, capped, above, large):
-            _, decisions = plan(PlannerState(), obs(0, events=(n,), estimate=each), config())
+        reclaimed = PlannerState(Phase.EMERGENCY, notice_id=n.id, emergency_reclaim_done=True)
+        for each in (slow, cheap, tight, capped, above, cached, large):
+            _, decisions = plan(reclaimed, obs(0, events=(n,), estimate=each), config())
             sizes += [d.image_size_bytes for d in decisions if isinstance(d, Hibernate)]
-        assert sizes == [int(slow.saveable_bytes * 1.1), None, None, None, None, None]
+        raised = [int(e.saveable_bytes * 1.1) for e in (slow, cached)]
+        assert sizes == [raised[0], None, None, None, None, raised[1], None]
 
     def test_emergency_reclaim_cut_by_its_budget_starts_again_while_time_allows(self) -> None:
         """Its budget came from the prediction at its start; the image it left is quicker to

@@ -18,6 +18,23 @@ class Intensity(StrEnum):
     EMERGENCY = "emergency"  # a notice with a deadline: high PSI threshold, bounded in time
 
 
+DROP_GRACE_S = 1.0  # what a cancelled emergency may still spend dropping its swap cache
+
+
+class Cancel(threading.Event):
+    """Set to stop a reclaim. `grace_s`: what a cancelled emergency may still spend dropping
+    the clean swap cache it left, each page of which the image would otherwise copy and write:
+    a moment when the hibernation goes now, the time up to it when it goes next tick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grace_s = DROP_GRACE_S
+
+    def stop(self, grace_s: float = DROP_GRACE_S) -> None:
+        self.grace_s = grace_s
+        self.set()
+
+
 @dataclass(frozen=True, slots=True)
 class ReclaimRequest:
     intensity: Intensity

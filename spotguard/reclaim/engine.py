@@ -22,7 +22,15 @@ from spotguard.clock import Clock
 from spotguard.config import ReclaimConfig
 from spotguard.hostfs import HostFS
 from spotguard.prediction import SwapRate
-from spotguard.reclaim.api import Intensity, ProgressFn, ReclaimRequest, ReclaimResult, StageResult
+from spotguard.reclaim.api import (
+    DROP_GRACE_S,
+    Cancel,
+    Intensity,
+    ProgressFn,
+    ReclaimRequest,
+    ReclaimResult,
+    StageResult,
+)
 from spotguard.reclaim.backend import Backend, Phase, StepOutcome, T_contra
 from spotguard.reclaim.cgroup import (
     PAGE,
@@ -56,7 +64,6 @@ MIN_STEP = 16 << 20  # below this, per-step overhead dominates; above config.ste
 EMERGENCY_FIRST_STEP = 256 << 20  # before this run has a rate: ~5 s at a slow guest's 57 MB/s
 EMERGENCY_FILL = 0.8  # of the write timeout an emergency write is sized to take
 SWAP_CACHE_DROP_S = 2.0  # kept back from an emergency budget to drop clean swap cache at its end
-SWAP_CACHE_AFTER_CANCEL_S = 1.0  # what a cancelled emergency may still spend on it
 
 
 class StagedReclaimer:
@@ -329,11 +336,11 @@ class _Run:
 
     def final_writer(self, inner: FileWriter, signum: int) -> BoundedWriter:
         """For the swap-cache writes at the end of an emergency: the budget kept back for them,
-        or, when the planner cancelled us to hibernate, a moment: each clean page dropped now
-        is one the image does not copy and write."""
+        or, when the planner cancelled us to hibernate, the grace its cancel gave (Cancel)."""
         ends = self.final_deadline
         if self.cancel.is_set():
-            ends = min(ends, self.clock.monotonic() + SWAP_CACHE_AFTER_CANCEL_S)
+            grace = self.cancel.grace_s if isinstance(self.cancel, Cancel) else DROP_GRACE_S
+            ends = min(ends, self.clock.monotonic() + grace)
 
         def left() -> tuple[float, str]:
             return ends - self.clock.monotonic(), "budget"
