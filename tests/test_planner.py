@@ -290,6 +290,29 @@ class TestStopNotice:
         (hibernate,) = [d for d in decisions if isinstance(d, Hibernate)]
         assert hibernate.image_size_bytes == int(after.saveable_bytes * 1.1)
 
+    def test_an_emergency_whose_image_is_small_but_for_its_swap_cache_settles(self) -> None:
+        """Raised to hold all of saveable, the image is saveable, swap cache and all; the
+        cancel drops that, so what stays is what decides (2026-12-02: 1.7 of 2.25 GB)."""
+        n = notice()
+        after = small_at_image_size_zero()
+        cached = 3 * GIB // 2
+        whole = dataclasses.replace(
+            after,
+            saveable_bytes=after.saveable_bytes + cached,
+            swap_cached_bytes=cached,
+            shrink_bytes=after.shrink_bytes + cached,
+            predicted_write_s=89.2,
+            unshrunk_shrink_s=17.0,
+            unshrunk_write_s=47.0,
+        )
+        state, _ = plan(PlannerState(), obs(0, events=(n,)), config())
+        running = obs(5, events=(n,), estimate=whole, reclaim_running=Intensity.EMERGENCY)
+        _, decisions = plan(state, running, config())
+        assert kinds(decisions) == ["CancelReclaim"]
+        idle = obs(5, events=(n,), estimate=whole)  # nothing running would drop it
+        _, decisions = plan(state, idle, config())
+        assert kinds(decisions) == ["StartReclaim"]
+
     def test_no_time_to_settle_cancels_and_hibernates_in_one_tick(self) -> None:
         cfg = config(hibernate={"deadline_margin": "20s", "fixed_overhead": "10s"})
         n = notice(in_s=120)
