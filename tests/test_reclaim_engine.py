@@ -447,3 +447,21 @@ def test_a_cancel_gives_the_swap_cache_drop_its_grace(
     drops = [name for name, _ in kernel.writes[at_cancel[0] + 1 :]]
     assert drops == ["app.slice/memory.reclaim", "batch.slice/memory.reclaim"][:written]
     assert dropped["duration_s"] > 0
+
+
+def test_the_drop_takes_the_swap_cache_earlier_runs_left_too(tmp_path: Path) -> None:
+    """2026-12-02, image_size=0: the light run before the notice left most of the 3.1 GB of
+    swap cache; a drop sized to the emergency's own 0.98 GB of anon freed only half of it."""
+    host = FakeHost(tmp_path / "root", swap_free=16384 * MIB)
+    host.add("app.slice", file=0, anon=4096 * MIB)
+    host.groups["app.slice"].swap_cached = 2048 * MIB  # what the light run left
+    host.write_meminfo()
+    kernel = FakeKernel(host, swap_cache=0.25)
+    reclaimer = engine(host, kernel)
+    request = ReclaimRequest(Intensity.EMERGENCY, 60.0, target_bytes=256 * MIB)
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(request, threading.Event())
+    (stage,) = result.stages
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_before"] > 2 * stage.anon_bytes
+    assert kernel.writes[-1] == ("app.slice/memory.reclaim", str(dropped["swap_cached_before"]))

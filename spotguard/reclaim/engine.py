@@ -197,7 +197,7 @@ class StagedReclaimer:
             return
         started, writer = self._clock.monotonic(), run.final_writer(self._writer, self._signum)
         for stage in swapped:
-            nbytes = min(cached * stage.anon_bytes // total, stage.anon_bytes)
+            nbytes = cached * stage.anon_bytes // total  # earlier runs' cache too: not capped
             if nbytes < MIN_STEP:
                 continue
             try:
