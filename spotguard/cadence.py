@@ -60,7 +60,7 @@ class Inbox:
         self._woken = False
 
     def post(self, reading: Reading, *, wake: bool = True) -> None:
-        """`wake=False`: nothing urgent, the next tick (at most a poll away) takes it."""
+        """`wake=False`: nothing urgent, the next tick (a slow poll away while calm) takes it."""
         with self._cond:
             self._items.append(reading)
             if wake:
