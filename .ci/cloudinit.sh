@@ -34,26 +34,25 @@ cloud_init_venv() {
         touch "$cache/venv/.installed"
 }
 schema() { PYTHONPATH=$site "$cache/venv/bin/python" -m cloudinit.cmd.main schema --config-file "$1"; }
-unit_copy() { # ExecStart must exist for systemd-analyze: point it at a placeholder in $1
+unit_copy() { # unit $2 with ExecStart (which must exist for systemd-analyze) at a placeholder in $1
     printf '#!/bin/sh\n' >"$1/spotguard" && chmod +x "$1/spotguard"
-    sed "s|^ExecStart=/usr/local/bin/spotguard|ExecStart=$1/spotguard|" systemd/spotguard.service \
-        >"$1/spotguard.service"
+    sed "s|^ExecStart=/usr/local/bin/spotguard|ExecStart=$1/spotguard|" "systemd/$2" >"$1/$2"
 }
-verify_unit() { # any complaint fails
+verify_unit() { # any complaint about unit $1 fails
     local dir out
     dir=$(mktemp -d)
-    unit_copy "$dir"
-    out=$(systemd-analyze verify "$dir/spotguard.service" 2>&1)
+    unit_copy "$dir" "$1"
+    out=$(systemd-analyze verify "$dir/$1" 2>&1)
     local rc=$?
     rm -rf "$dir"
     echo "$out"
     ((rc == 0)) && [[ -z $out ]]
 }
-unit_security() { # the exposure score, 3.0 ("OK") at most; the figure goes to the log
+unit_security() { # unit $1's exposure score, 3.0 ("OK") at most; the figure goes to the log
     local dir out
     dir=$(mktemp -d)
-    unit_copy "$dir"
-    out=$(systemd-analyze security --offline=true --threshold=30 "$dir/spotguard.service" 2>&1)
+    unit_copy "$dir" "$1"
+    out=$(systemd-analyze security --offline=true --threshold=30 "$dir/$1" 2>&1)
     local rc=$?
     rm -rf "$dir"
     grep -v '✓' <<<"$out"
@@ -80,12 +79,14 @@ else
 fi
 
 if command -v systemd-analyze >/dev/null; then
-    check "systemd-analyze verify systemd/spotguard.service" verify_unit
-    if out=$(unit_security); then
-        pass "systemd-analyze security systemd/spotguard.service: $(sed -n 's/.*Overall exposure level[^:]*: \([0-9.]* [A-Z]*\).*/\1/p' <<<"$out")"
-    else
-        fail "systemd-analyze security systemd/spotguard.service (above 3.0)" "$out"
-    fi
+    for unit in spotguard.service spotguard-readahead.service; do
+        check "systemd-analyze verify systemd/$unit" verify_unit "$unit"
+        if out=$(unit_security "$unit"); then
+            pass "systemd-analyze security systemd/$unit: $(sed -n 's/.*Overall exposure level[^:]*: \([0-9.]* [A-Z]*\).*/\1/p' <<<"$out")"
+        else
+            fail "systemd-analyze security systemd/$unit (above 3.0)" "$out"
+        fi
+    done
 else
     fail "systemd-analyze is not installed"
 fi

@@ -178,6 +178,11 @@ class ReclaimWorker:
         with self._lock:
             return self._request.intensity if self._request else None
 
+    @property
+    def cancelling(self) -> bool:
+        """Asked to stop and not yet stopped (a large write ends at its next chance)."""
+        return self.running is not None and self._cancel.is_set()
+
     def start(
         self,
         request: ReclaimRequest,
@@ -483,7 +488,8 @@ class Agent:
                     target_bytes=request.target_bytes,
                 )
             case CancelReclaim(reason, grace_s):
-                log.info("reclaim.cancelled", reason=reason, grace_s=round(grace_s, 1))
+                if not self._worker.cancelling:  # the planner asks again each tick until then
+                    log.info("reclaim.cancelled", reason=reason, grace_s=round(grace_s, 1))
                 self._worker.cancel(CANCEL_WAIT_S + grace_s, grace_s)
             case RunHooks(kind, event, budget):
                 self._run_hooks(kind, event, budget)

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from spotguard import __version__, cli_reclaim, logs, preflight, simulate, status
+from spotguard import __version__, cli_reclaim, logs, preflight, readahead, simulate, status
 from spotguard.assemble import build_agent
 from spotguard.config import Config, ConfigError, load
 from spotguard.fleet import cli as fleet_cli
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     preflight.register(commands)
     cli_reclaim.register(commands)
+    readahead.register(commands)
     fleet_cli.register(commands)
 
     config = commands.add_parser("config", help="configuration")

@@ -45,6 +45,8 @@ locals {
     swap_mb          = local.swap_mb
     config_toml      = local.config_toml
   })
+  # cloud-init takes gzipped user data as it is; EC2's 16 KB are counted before base64.
+  user_data_gzip = base64gzip(local.user_data)
 
   tags = merge(var.tags, { "spotguard:fleet" = var.name })
 
@@ -162,7 +164,7 @@ resource "aws_launch_template" "fleet" {
   instance_type          = var.instance_type
   update_default_version = true
   vpc_security_group_ids = [aws_security_group.agent.id]
-  user_data              = base64encode(local.user_data)
+  user_data              = local.user_data_gzip
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.agent.arn
@@ -219,8 +221,8 @@ resource "aws_launch_template" "fleet" {
       error_message = "${var.instance_type} has ${local.memory_mib} MiB of RAM; EC2 hibernates at most 150 GiB."
     }
     precondition {
-      condition     = length(local.user_data) <= 16384
-      error_message = "The rendered user data is ${length(local.user_data)} bytes; EC2 accepts at most 16384."
+      condition     = length(local.user_data_gzip) <= 21848 # 16384 bytes, base64-encoded
+      error_message = "The gzipped user data is about ${floor(length(local.user_data_gzip) * 3 / 4)} bytes; EC2 accepts at most 16384."
     }
   }
 }

@@ -46,6 +46,12 @@ PACKAGES = (
 ROOT_SIZE = "6G"  # sparse; leaves room for the workload's page-cache file at 8 GB
 REPO = Path(__file__).resolve().parents[1]
 INGUEST = Path(__file__).resolve().parent / "inguest"
+# Installed as the user-data installs them: the sleep hook (hibernate_now runs it after resume)
+# and the readahead unit it starts. The agent's own unit is not: testbed-agent runs it.
+SLEEP_PATH = {
+    "systemd/spotguard-sleep": "usr/lib/systemd/system-sleep/spotguard",
+    "systemd/spotguard-readahead.service": "etc/systemd/system/spotguard-readahead.service",
+}
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"  # git-ignored
 # Units that only slow a TCG boot down or talk to the console we read.
 MASKED_UNITS = (
@@ -114,7 +120,8 @@ def _build(cache_dir: Path, source: Path, mirror: str, packages: tuple[str, ...]
     rootfs = _os_layer(cache_dir, os_key, mirror, packages)
     spotguard_key = _tree_digest(source, ["pyproject.toml", "spotguard/**/*.py"])
     layer_key = _tree_digest(INGUEST.parent, ["image.py", "inguest/**/*"])
-    key = _digest(f"{os_key}:{spotguard_key}:{layer_key}".encode())
+    sleep_key = _tree_digest(source, list(SLEEP_PATH))
+    key = _digest(f"{os_key}:{spotguard_key}:{layer_key}:{sleep_key}".encode())
     image = BaseImage(
         root=cache_dir / f"root-{key}.raw",
         kernel=cache_dir / f"vmlinuz-{key}",
@@ -131,7 +138,7 @@ def _build(cache_dir: Path, source: Path, mirror: str, packages: tuple[str, ...]
     log.info("image.layer", key=key)
     try:
         _run(["cp", "-a", "--reflink=auto", str(rootfs), str(work)])
-        _thin_layer(work, wheels)
+        _thin_layer(work, wheels, source)
         shutil.copyfile(_only(work / "boot", "vmlinuz-*"), image.kernel)
         shutil.copyfile(_only(work / "boot", "initrd.img-*"), image.initrd)
         partial = image.root.with_suffix(".tmp")
@@ -196,7 +203,7 @@ def _wheelhouse(cache_dir: Path, key: str, source: Path) -> Path:
     return wheels
 
 
-def _thin_layer(rootfs: Path, wheels: Path) -> None:
+def _thin_layer(rootfs: Path, wheels: Path, source: Path) -> None:
     _configure_os(rootfs)
     shutil.copytree(wheels, rootfs / "opt/wheels")
     _run(["chroot", str(rootfs), "python3", "-m", "venv", "/opt/spotguard"])
@@ -209,6 +216,9 @@ def _thin_layer(rootfs: Path, wheels: Path) -> None:
     (rootfs / "etc/spotguard").mkdir(exist_ok=True)
     shutil.copyfile(INGUEST / "spotguard.toml", rootfs / "etc/spotguard/config.toml")
     shutil.copy2(INGUEST / "bin/hibernate-now", rootfs / "usr/local/sbin/hibernate-now")
+    for name, target in SLEEP_PATH.items():
+        (rootfs / target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, rootfs / target)
     wants = rootfs / "etc/systemd/system/multi-user.target.wants"
     for unit in sorted((INGUEST / "units").glob("*")):
         shutil.copyfile(unit, rootfs / "etc/systemd/system" / unit.name)

@@ -99,6 +99,10 @@ class Measurement:
     # In swap and not in RAM as swap cache at the first sample after resume: what the re-touch
     # must read back (vanilla's image holds the swap cache its own shrink made; ours drops it).
     paged_back_bytes: int = 0
+    # What `spotguard readahead` asked back from swap after resume (agent arms), and how long
+    # its asking took: the reads go on after it, at disk speed.
+    readahead_bytes: int = 0
+    readahead_s: float | None = None
 
     @property
     def image_over_floor(self) -> float:
@@ -242,7 +246,16 @@ def measure(seen: Observed) -> Measurement:
         retouch_s=float(retouch["seconds"]),
         checksum_ok=retouch["ok"] == "1" and warm["ok"] == "1",
         paged_back_bytes=_paged_back(seen.second),
+        **_readahead(seen.second),
     )
+
+
+def _readahead(lines: Sequence[Line]) -> dict[str, Any]:
+    """The readahead's own `readahead.done` event, where the resumed guest logged one."""
+    for _, e in agent_events(lines):
+        if e["event"] == "readahead.done":
+            return {"readahead_bytes": int(e["asked"]), "readahead_s": float(e["seconds"])}
+    return {}
 
 
 def _paged_back(lines: Sequence[Line]) -> int:

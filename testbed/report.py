@@ -90,6 +90,8 @@ DETAILS: list[tuple[str, Cell]] = [
         "paged back on re-touch MiB (swap - swap cache, at resume)",
         lambda m: m.paged_back_bytes / MIB,
     ),
+    ("readahead asked back MiB (after resume)", lambda m: m.readahead_bytes / MIB),
+    ("readahead asking s", lambda m: m.readahead_s),
     (
         "re-touch MB/s paged back",
         lambda m: m.paged_back_bytes / 1e6 / m.retouch_s if m.retouch_s else None,

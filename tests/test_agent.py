@@ -402,6 +402,23 @@ def test_the_worker_reports_running_and_finished_in_one_reading() -> None:
     assert worker.take() == (None, None)  # reported once
 
 
+def test_a_reclaim_slow_to_stop_is_cancelling_until_it_ends() -> None:
+    """The planner asks for the cancel at every tick until the reclaim ends; the agent logs
+    reclaim.cancelled for the first ask only (it logged one per tick, for seconds)."""
+    gated = _Gated()
+    worker = ReclaimWorker(gated)
+    assert worker.start(ReclaimRequest(Intensity.EMERGENCY, 5.0), lambda _: None)
+    assert not worker.cancelling
+    worker.cancel(wait_s=0.01)
+    assert worker.cancelling  # the write has not noticed yet
+    gated.release.set()
+    deadline = time.monotonic() + 10
+    while worker.running is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not worker.cancelling
+
+
 def test_a_calm_agent_ticks_slowly_yet_acts_on_a_notice_at_once(
     tmp_path: Path, moto_server: MotoServer, instance_id: str, quiet_host: SimHost
 ) -> None:

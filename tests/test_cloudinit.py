@@ -8,6 +8,7 @@ boot configuration; cloud-init's own schema check needs the Debian package that
 from __future__ import annotations
 
 import fcntl
+import gzip
 import hashlib
 import os
 import re
@@ -33,6 +34,7 @@ SETUP_SWAP = REPO / "cloud-init" / "spotguard-setup-swap"
 INSTALL = REPO / "cloud-init" / "spotguard-install"
 LOCK = REPO / "cloud-init" / "lock.py"
 UNIT = REPO / "systemd" / "spotguard.service"
+READAHEAD_UNIT = REPO / "systemd" / "spotguard-readahead.service"
 SLEEP_HOOK = REPO / "systemd" / "spotguard-sleep"
 CLOUD_INIT = REPO / ".cache" / "cloud-init"
 FIBMAP = 1  # ioctl: a file's block -> the filesystem's block
@@ -49,6 +51,7 @@ WRITTEN_FROM = {
     "/usr/local/sbin/spotguard-install": INSTALL,
     "/usr/local/sbin/spotguard-setup-swap": SETUP_SWAP,
     "/etc/systemd/system/spotguard.service": UNIT,
+    "/etc/systemd/system/spotguard-readahead.service": READAHEAD_UNIT,
     "/usr/lib/systemd/system-sleep/spotguard": SLEEP_HOOK,
 }
 
@@ -211,8 +214,9 @@ def verify_unit(unit_text: str, tmp_path: Path) -> str:
     return (done.stdout + done.stderr).strip() or ("" if done.returncode == 0 else "failed")
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    assert verify_unit(UNIT.read_text(), tmp_path) == ""
+@pytest.mark.parametrize("unit", [UNIT, READAHEAD_UNIT], ids=lambda p: p.name)
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path, unit: Path) -> None:
+    assert verify_unit(unit.read_text(), tmp_path) == ""
 
 
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
@@ -220,10 +224,10 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     assert "Failed to parse service type" in verify_unit(broken, tmp_path)
 
 
-def _unit_settings() -> dict[str, list[str]]:
+def _unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     """Every `Key=value` of the unit, a key set more than once keeping all its values."""
     settings: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         if "=" in line and not line.startswith("#"):
             key, _, value = line.partition("=")
             settings.setdefault(key, []).append(value)
@@ -261,14 +265,26 @@ def test_unit_grants_only_the_capability_the_sleep_path_needs() -> None:
     assert {"@privileged", "@reboot", "@swap", "@mount", "@module"} <= set(filters[1][1:].split())
 
 
-def test_unit_exposure_is_ok_for_systemd_analyze_security(tmp_path: Path) -> None:
+def test_the_readahead_unit_may_look_into_processes_but_reach_no_network() -> None:
+    unit = _unit_settings(READAHEAD_UNIT)
+    assert unit["Type"] == ["oneshot"]
+    assert unit["ExecStart"][0].endswith(" readahead")
+    assert set(unit["CapabilityBoundingSet"][0].split()) == {"CAP_SYS_NICE", "CAP_SYS_PTRACE"}
+    assert unit["PrivateNetwork"] == ["yes"]
+    assert unit["RestrictAddressFamilies"] == ["AF_UNIX"]
+    assert unit["ProtectSystem"] == ["strict"]
+    assert "ReadWritePaths" not in unit  # it reads; the kernel does the rest
+
+
+@pytest.mark.parametrize("unit", [UNIT, READAHEAD_UNIT], ids=lambda p: p.name)
+def test_unit_exposure_is_ok_for_systemd_analyze_security(tmp_path: Path, unit: Path) -> None:
     """systemd's own score of the sandbox: 3.0 or less is "OK"."""
     binary = tmp_path / "spotguard"
     binary.write_text("#!/bin/sh\n")
     binary.chmod(0o755)
-    copy = tmp_path / "spotguard.service"
+    copy = tmp_path / unit.name
     copy.write_text(
-        UNIT.read_text().replace("ExecStart=/usr/local/bin/spotguard", f"ExecStart={binary}")
+        unit.read_text().replace("ExecStart=/usr/local/bin/spotguard", f"ExecStart={binary}")
     )
     done = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--threshold=30", str(copy)],
@@ -303,10 +319,17 @@ def _fake_systemctl(tmp_path: Path, active: bool) -> tuple[dict[str, str], Path]
             ["post", "hibernate"],
             True,
             [
+                "start --no-block spotguard-readahead.service",
                 "--quiet is-active spotguard.service",
                 "kill --signal=SIGUSR1 --kill-whom=main spotguard.service",
             ],
         ),
+        (
+            ["post", "hibernate"],
+            False,
+            ["start --no-block spotguard-readahead.service", "--quiet is-active spotguard.service"],
+        ),
+        # Nothing was swapped for a suspend: no readahead.
         (["post", "suspend"], False, ["--quiet is-active spotguard.service"]),
         (["pre", "hibernate"], True, []),
     ],
@@ -605,7 +628,8 @@ def test_floating_names_and_unknown_sources_are_refused(
 
 
 def test_user_data_with_a_release_sized_lock_fits_ec2s_16_kb() -> None:
-    """A release is ~15 wheels (spotguard, boto3, botocore, requests, ...), one hash each."""
+    """A release is ~15 wheels (spotguard, boto3, botocore, requests, ...), one hash each.
+    The Terraform module sends it gzipped (base64gzip), as cloud-init reads it."""
     lock = "".join(f"package-name-{i:02}==10.20.{i} --hash=sha256:{i:064x}\n" for i in range(18))
     text = render_user_data({**SAMPLE, "spotguard_lock": lock, "config_toml": "[agent]\n" * 10})
-    assert len(text.encode()) <= 16384
+    assert len(gzip.compress(text.encode())) <= 16384 // 2  # room to grow

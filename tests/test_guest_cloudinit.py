@@ -6,13 +6,15 @@ rendered user-data. It installs spotguard, makes the swap file, writes the confi
 the unit. The simulator then announces a stop; the agent (hibernate.mode = "local")
 hibernates the guest into the swap file and QEMU exits. Boot 2 passes the resume= and
 resume_offset= the swap script printed on the console (direct kernel boot has no bootloader
-to carry them), the kernel resumes the image, the sleep hook signals the agent, and the
-agent reports hibernate.resumed, is armed again and handles the next notice. Every step is
-logged with its time; the consoles are kept in the test's tmp_path.
+to carry them), the kernel resumes the image, the sleep hook starts the readahead unit and
+signals the agent, and the agent reports hibernate.resumed, is armed again and handles the
+next notice. Every step is logged with its time; the consoles are kept in the test's
+tmp_path.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -108,7 +110,8 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
     disks = Disks.create(guest_image, tmp_path / "disks")
     instance = SimulatedInstance(mac=QEMU_MAC)
     try:
-        probed = with_probe(user_data).encode()
+        # Gzipped, as the Terraform module sends it (base64gzip): cloud-init unpacks it.
+        probed = gzip.compress(with_probe(user_data).encode())
         with MetadataSimulator(instance=instance, user_data=probed) as sim:
             network = ImdsNetwork(int(sim.url.rsplit(":", 1)[1]))
             identity = Ec2Identity()
@@ -167,6 +170,12 @@ def test_user_data_sets_up_spotguard_which_hibernates_and_resumes(
                 step("kernel restored the image")
                 resumed = guest.wait_for(_event("hibernate.resumed"), STEP_TIMEOUT)
                 step("agent reports hibernate.resumed", line=resumed.text.strip()[-80:])
+                # The hook's readahead, in its own sandbox: process_madvise allowed there.
+                readahead = guest.wait_for(
+                    f"{_event('readahead.done')}|{_event('readahead.unavailable')}", STEP_TIMEOUT
+                )
+                assert "readahead.done" in readahead.text, readahead.text
+                step("readahead ran after resume", line=readahead.text.strip()[-100:])
                 # The same agent process went on: nothing booted afresh.
                 assert guest.console.find(_event("agent.started")) is None
                 notice = post_notice(sim.url)

@@ -51,6 +51,10 @@ SECOND = [
     (230.0, "[   40.1] PM: hibernation: Read 226928 kbytes in 20.94 seconds (10.83 MB/s)"),
     (255.0, "TESTBED back t=50"),
     (255.5, "TESTBED mem t=50.5 swap_used=300000000 swapcached=100000000 load=1"),
+    (
+        256.0,
+        '[   55.0] spotguard[300]: {"asked": 150000000, "seconds": 2.5, "event": "readahead.done"}',
+    ),
     (280.0, "TESTBED retouch t=70 seconds=20.076 ok=1"),
 ]
 
@@ -166,6 +170,8 @@ def test_an_archived_run_reads_back_from_its_gzipped_consoles(tmp_path: Path) ->
     assert both[0].measurement is not None
     # what the re-touch had to read back: in swap, less what swap cache still held
     assert both[0].measurement.paged_back_bytes == 200_000_000
+    # and what the readahead asked back of it, from its own event
+    assert (both[0].measurement.readahead_bytes, both[0].measurement.readahead_s) == (150e6, 2.5)
 
 
 def test_a_reading_error_is_not_kept_but_a_failed_run_is(tmp_path: Path) -> None:

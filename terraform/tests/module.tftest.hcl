@@ -112,7 +112,7 @@ run "user_data_gets_the_agreed_template_variables" {
       "\"8192M\"",
       "\"https://pypi.example.invalid/simple\"",
       "spotguard==0.1.0 --hash=sha256:0000000000000000000000000000000000000000000000000000000000000000\\nboto3==1.35.0",
-    ] : strcontains(base64decode(aws_launch_template.fleet.user_data), line)])
+    ] : strcontains(local.user_data, line)])
     error_message = "The user data must render spotguard_source, spotguard_lock, hibernate_mode, imds_url, swap_mb and config_toml."
   }
 }
@@ -131,8 +131,13 @@ run "renders_the_repository_cloud_init" {
       "\"/opt/wheels\"",
       "--require-hashes",
       "\"8192\"",
-    ] : strcontains(base64decode(aws_launch_template.fleet.user_data), line)])
+    ] : strcontains(local.user_data, line)])
     error_message = "cloud-init/user-data.yaml must render with the module's template variables."
+  }
+
+  assert {
+    condition     = aws_launch_template.fleet.user_data == base64gzip(local.user_data)
+    error_message = "The launch template must carry the rendered user data, gzipped."
   }
 }
 
@@ -364,7 +369,7 @@ run "drill_interrupts_the_tagged_fleet_only" {
     error_message = "The template id and the queue URL must be outputs."
   }
   assert {
-    condition     = strcontains(base64decode(aws_launch_template.fleet.user_data), "event_bus = \"default\"")
+    condition     = strcontains(local.user_data, "event_bus = \"default\"")
     error_message = "With drills the agents must be told to publish to the default bus."
   }
 }
@@ -404,7 +409,7 @@ run "without_drills_only_the_fleet_and_its_notices" {
     error_message = "Without drills the agent may only stop itself."
   }
   assert {
-    condition     = !strcontains(base64decode(aws_launch_template.fleet.user_data), "[fleet]")
+    condition     = !strcontains(local.user_data, "[fleet]")
     error_message = "Without drills the agents must not publish."
   }
   assert {

@@ -11,6 +11,7 @@ RUN_DIR = Path(os.environ.get("TESTBED_RUN_DIR", "/run/testbed"))
 CMDLINE = Path("/proc/cmdline")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOAD_CGROUP = "load.slice"
+AGENT_ARMS = ("spotguard", "spotguard-hibernate")  # the arms that install spotguard
 
 
 def params(cmdline: Path = CMDLINE) -> dict[str, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from testbed.inguest import hibernate_now
 from testbed.inguest.common import (
+    AGENT_ARMS,
     CGROUP_ROOT,
     LOAD_CGROUP,
     RUN_DIR,
@@ -27,7 +28,6 @@ from testbed.inguest.common import (
 )
 
 AGENT_UNIT = "testbed-agent.service"
-AGENT_ARMS = ("spotguard", "spotguard-hibernate")
 
 
 def start_agent(knobs: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from testbed.inguest.common import (
+    AGENT_ARMS,
     meminfo,
     params,
     record,
@@ -27,6 +28,7 @@ from testbed.inguest.common import (
 )
 
 POWER = Path("/sys/power")
+SLEEP_HOOKS = Path("/usr/lib/systemd/system-sleep")
 # What the kernel can shrink at hibernation; the rest of the saveable pages (reserved pages
 # present in memory included) is its floor.
 SHRINKABLE = ("SReclaimable", "Active(anon)", "Inactive(anon)", "Active(file)", "Inactive(file)")
@@ -70,7 +72,24 @@ def main(argv: list[str]) -> int:
     else:
         say("resumed-kernel")
     signal_program("workload", signal.SIGUSR1)
+    if status == 0 and params()["arm"] in AGENT_ARMS:
+        run_sleep_hooks()
     return status
+
+
+def run_sleep_hooks() -> None:
+    """What systemd-sleep runs after a resume (spotguard's hook: the readahead, SIGUSR1),
+    which the kernel path taken here skips. After the workload's wake-up, as on a machine,
+    where processes thaw before systemd-sleep gets to its hooks."""
+    for hook in sorted(SLEEP_HOOKS.glob("*")):
+        try:
+            done = subprocess.run(
+                [str(hook), "post", "hibernate"], capture_output=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            say("sleep-hook", hook=hook.name, error=str(exc))
+        else:
+            say("sleep-hook", hook=hook.name, status=done.returncode)
 
 
 if __name__ == "__main__":
