@@ -11,9 +11,11 @@ announce a time no datetime can hold. So every call has one total deadline (conn
 read, by the real clock), bodies are capped and streamed, JSON depth is checked before parsing,
 times must fall in a sane range and tokens must be printable ASCII of sane length.
 
-Requests go to urllib3's connection pool directly: the agent sends one or two a second for as
-long as it runs, and requests' per-request machinery (preparing, hooks, cookies, merging
-settings) cost more CPU than the HTTP exchange itself while adding nothing a metadata GET uses.
+Requests go over one kept-alive `http.client` connection: the agent sends one or two a second
+for as long as it runs, and a pool's per-request machinery (requests', or urllib3's alone)
+costs twice the CPU of the exchange itself while adding nothing a metadata GET uses
+(issue 11's idle profile). What a pool gave, this file does: a dropped connection is
+replaced before use, one that failed mid-answer is never reused, and no proxy is consulted.
 """
 
 from __future__ import annotations
@@ -21,15 +23,16 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import select
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
-import urllib3
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -61,8 +64,6 @@ LATEST = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 MAX_OFFSET = timedelta(hours=14)  # UTC-12 .. UTC+14 are the zones that exist
 MIN_WAIT = 0.01  # less time than this left for a request: do not send it
-# urllib3 follows nothing and repeats nothing: a retry is ours to decide (5xx/429 only).
-NO_RETRIES = urllib3.Retry(total=False, redirect=False)
 
 log = structlog.get_logger()
 
@@ -193,11 +194,11 @@ class ImdsClient:
         backoff_max, slept on `clock`. `deadline` (default: the larger of the connect and
         read timeouts) is measured on `timer`, real time: the network does not run on a test's
         fake clock. Bodies over `max_body` bytes are refused unread. No request goes through a
-        proxy: the pool reads no proxy settings."""
+        proxy: http.client reads no proxy settings."""
         self._base = config.url.rstrip("/")
         self._config = config
         self._clock = clock or SystemClock()
-        self._pool: tuple[urllib3.HTTPConnectionPool, str] | None = None  # see _connection_pool
+        self._conn: http.client.HTTPConnection | None = None  # kept alive between calls
         self._deadline = deadline or max(config.connect_timeout, config.read_timeout)
         self._max_body = max_body
         self._timer = timer
@@ -314,57 +315,67 @@ class ImdsClient:
             raise ImdsUnavailableError(
                 f"{what}: not sent, the call's {self.budget:.3g} s are spent"
             )
-        connect = min(self._config.connect_timeout, ends - now)
         read = min(self._config.read_timeout, ends - now)
+        conn = self._connection(what, min(self._config.connect_timeout, ends - now))
+        sock = conn.sock  # kept: an answer without a length detaches it from `conn`
         try:
-            pool, prefix = self._connection_pool()
-            response = pool.urlopen(
-                method,
-                f"{prefix}/{path.lstrip('/')}",
-                headers={**headers, "Accept-Encoding": "identity"},
-                retries=NO_RETRIES,
-                redirect=False,
-                timeout=urllib3.Timeout(connect=connect, read=read),
-                preload_content=False,
-                decode_content=False,  # the cap counts the bytes as they come off the wire
-            )
-        except urllib3.exceptions.NewConnectionError as exc:  # refused, unreachable: no wait
-            raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
-        except urllib3.exceptions.ConnectTimeoutError as exc:  # nothing accepting: not hop limit
-            raise ImdsUnavailableError(
-                f"{what}: connect timed out after {connect:.3g} s (nothing accepting?)"
-            ) from exc
-        except urllib3.exceptions.TimeoutError as exc:
-            if method == "PUT":
+            sock.settimeout(read)
+            conn.request(method, self._target(path), headers=headers)
+            response = conn.getresponse()
+            body = self._read_body(response, sock, what, ends)
+            response.close()  # read whole: the connection may carry the next request
+        except BaseException as exc:
+            conn.close()  # half used: the next request connects afresh
+            self._conn = None
+            if isinstance(exc, TimeoutError) and method == "PUT":
                 raise ImdsTokenTimeoutError(
                     f"{what}: no answer in {read:.3g} s "
                     "(hop limit? HttpPutResponseHopLimit too low for this network path)"
                 ) from exc
-            raise ImdsUnavailableError(f"{what}: timed out, no answer in {read:.3g} s") from exc
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-            raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
-        try:
-            body = self._read_body(response, what, ends)
-        except BaseException:
-            response.close()  # half read: the connection cannot be reused
-            response.release_conn()  # its slot goes back to the pool, which connects afresh
+            if isinstance(exc, TimeoutError):
+                raise ImdsUnavailableError(f"{what}: timed out, no answer in {read:.3g} s") from exc
+            if isinstance(exc, (http.client.HTTPException, OSError)):
+                raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
             raise
-        response.release_conn()
+        if response.will_close:  # the service said so, or HTTP/1.0
+            conn.close()
+            self._conn = None
         return _Reply(response.status, body)
 
-    def _connection_pool(self) -> tuple[urllib3.HTTPConnectionPool, str]:
-        """The pool (one kept-alive connection) and the URL's path prefix, made at the first
-        request: a URL urllib3 cannot use then fails each call as unavailable, like a dead
-        service, instead of the agent's start."""
-        if self._pool is None:
-            prefix = urllib3.util.parse_url(self._base).path or ""
-            pool = urllib3.connection_from_url(self._base, maxsize=1, retries=NO_RETRIES)
-            self._pool = pool, prefix
-        return self._pool
+    def _target(self, path: str) -> str:
+        """The URL's own path (if any) before the request's."""
+        return f"{urlsplit(self._base).path}/{path.lstrip('/')}"
 
-    def _read_body(self, raw: urllib3.BaseHTTPResponse, what: str, ends: float) -> bytes:
+    def _connection(self, what: str, timeout: float) -> http.client.HTTPConnection:
+        """The kept-alive connection, or a new one when there is none or the service closed
+        it while we waited (readable while idle means EOF). A URL that cannot be connected to
+        fails each call as unavailable, like a dead service, not the agent's start."""
+        if self._conn is not None and not _readable(self._conn.sock):
+            return self._conn
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        try:
+            url = urlsplit(self._base)
+            kind = (
+                http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+            )
+            conn = kind(url.hostname or "", url.port, timeout=timeout)
+            conn.connect()
+        except TimeoutError as exc:  # nothing accepting: not the hop limit
+            raise ImdsUnavailableError(
+                f"{what}: connect timed out after {timeout:.3g} s (nothing accepting?)"
+            ) from exc
+        except (ValueError, OSError) as exc:  # refused, unreachable, a bad port: no wait
+            raise ImdsUnavailableError(f"{what}: {_reason(exc)}") from exc
+        self._conn = conn
+        return conn
+
+    def _read_body(
+        self, raw: http.client.HTTPResponse, sock: socket.socket, what: str, ends: float
+    ) -> bytes:
         """The body, read as it comes, stopped at the cap and at the deadline."""
-        declared = raw.headers.get("Content-Length", "")
+        declared = raw.getheader("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_body:
             raise ImdsMalformedError(
                 f"{what}: a {declared} byte answer, over the {self._max_body} byte cap"
@@ -373,20 +384,18 @@ class ImdsClient:
         size = 0
         while True:
             left = ends - self._timer()
-            if left <= 0:
-                raise ImdsUnavailableError(
-                    f"{what}: answer not complete within the {self._deadline} s deadline "
-                    f"({size} bytes so far)"
-                )
-            _wait_at_most(raw, min(left, self._config.read_timeout))
             try:
+                if left <= 0:
+                    raise TimeoutError
+                # the next read cannot outlast the deadline
+                sock.settimeout(max(min(left, self._config.read_timeout), MIN_WAIT))
                 chunk = raw.read1(self._max_body + 1 - size)
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            except TimeoutError as exc:
                 raise ImdsUnavailableError(
                     f"{what}: answer not complete within the {self._deadline} s deadline "
                     f"({size} bytes so far)"
                 ) from exc
-            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            except (http.client.HTTPException, OSError) as exc:
                 raise ImdsUnavailableError(f"{what}: reading the answer: {_reason(exc)}") from exc
             if not chunk:
                 return b"".join(chunks)
@@ -396,16 +405,17 @@ class ImdsClient:
             chunks.append(chunk)
 
 
-def _wait_at_most(raw: urllib3.BaseHTTPResponse, seconds: float) -> None:
-    """Shorten the socket's per-read timeout so the next read cannot outlast the deadline."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
-    if isinstance(sock, socket.socket):
-        sock.settimeout(max(seconds, MIN_WAIT))
+def _readable(sock: socket.socket) -> bool:
+    """Whether an idle kept-alive socket has something to read: the peer's EOF (or bytes
+    nobody asked for), so it must not carry the next request."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _reason(exc: BaseException) -> str:
     """The root cause in words that are the same every time (so repeats can be counted as
-    one): urllib3's messages carry object addresses and the pool's URL."""
+    one): some messages carry object addresses."""
     root = exc
     while (nested := root.__cause__ or root.__context__) is not None and nested is not root:
         root = nested

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from unittest.mock import ANY
@@ -485,3 +486,35 @@ def test_aws_mock_defaults_read_cleanly(aws_mock: MetadataSimulator, sim_clock: 
 
 def test_default_deadline_is_the_larger_timeout(simulator: MetadataSimulator) -> None:
     assert client_for(simulator).deadline == READ_TIMEOUT
+
+
+def test_a_connection_the_service_closed_while_idle_is_replaced() -> None:
+    """Services end kept-alive connections on their side (idle timeouts, restarts) without
+    saying so in the answer: the next request must not be sent into the closed one."""
+    closed = threading.Event()
+    accepted: list[str] = []
+
+    def serve(listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:  # the test closed the listener
+                return
+            with conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                accepted.append(request.split(b" ", 2)[1].decode())
+                body = b"tok" if request.startswith(b"PUT") else b"i-0123456789abcdef0"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            closed.set()  # keep-alive was implied, yet the connection is gone
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        threading.Thread(target=serve, args=(listener,), daemon=True).start()
+        client = ImdsClient(fast_config(f"http://127.0.0.1:{listener.getsockname()[1]}"))
+        for _ in range(2):
+            closed.clear()
+            assert client.get_text(INSTANCE_ID) == "i-0123456789abcdef0"
+            assert closed.wait(5)
+            time.sleep(0.05)  # the FIN is in
+    assert accepted == [TOKEN_PATH, INSTANCE_ID, INSTANCE_ID]
