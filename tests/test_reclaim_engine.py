@@ -415,6 +415,43 @@ def test_a_cancelled_emergency_still_drops_its_swap_cache_briefly(
     assert deep.reclaimed_bytes == 0  # only an emergency drops swap cache after a cancel
 
 
+def test_a_light_run_that_ends_drops_the_swap_cache_in_ram(tmp_path: Path) -> None:
+    """EC2's own hibernation (action hibernate) takes the image at the notice, with no
+    emergency before it: the 893 MB of swap cache a light run left went into it (issue 11)."""
+    host = FakeHost(tmp_path / "root", swap_free=4096 * MIB)
+    host.add("batch.slice", file=64 * MIB, anon=4096 * MIB)
+    host.groups["batch.slice"].swap_cached = 2048 * MIB  # left by earlier writes
+    host.write_meminfo()
+    kernel = FakeKernel(host, swap_cache=0.5)
+    config = replace(CONFIG, idle_swap=True)
+    with structlog.testing.capture_logs() as logs:
+        result = engine(host, kernel, config).reclaim(
+            ReclaimRequest(Intensity.LIGHT, 60.0, target_bytes=512 * MIB), threading.Event()
+        )
+    assert result.stop_reason == "target"
+    dropped = next(e for e in logs if e["event"] == "reclaim.swap_cache_dropped")
+    assert dropped["swap_cached_before"] > 1024 * MIB  # the run took its target first
+    assert dropped["swap_cached_after"] < MIN_STEP
+    assert host.groups["batch.slice"].swap_cached < MIN_STEP
+
+
+def test_a_cancelled_light_run_leaves_the_swap_cache_to_what_follows(tmp_path: Path) -> None:
+    host = FakeHost(tmp_path / "root", swap_free=4096 * MIB)
+    host.add("batch.slice", file=0, anon=4096 * MIB)
+    host.groups["batch.slice"].swap_cached = 2048 * MIB
+    host.write_meminfo()
+    cancel = threading.Event()
+    kernel = FakeKernel(host, swap_cache=0.5)
+    kernel.before = lambda path, data: cancel.set() if len(kernel.writes) >= 3 else None
+    with structlog.testing.capture_logs() as logs:
+        result = engine(host, kernel, replace(CONFIG, idle_swap=True)).reclaim(
+            ReclaimRequest(Intensity.LIGHT, 60.0), cancel
+        )
+    assert result.stop_reason == "cancelled"
+    assert host.groups["batch.slice"].swap_cached > 1024 * MIB
+    assert not [e for e in logs if e["event"] == "reclaim.swap_cache_dropped"]
+
+
 @pytest.mark.parametrize(("grace_s", "written"), [(DROP_GRACE_S, 1), (10.0, 2)])
 def test_a_cancel_gives_the_swap_cache_drop_its_grace(
     tmp_path: Path, grace_s: float, written: int

@@ -63,7 +63,7 @@ log = structlog.get_logger()
 MIN_STEP = 16 << 20  # below this, per-step overhead dominates; above config.step, latency does
 EMERGENCY_FIRST_STEP = 256 << 20  # before this run has a rate: ~5 s at a slow guest's 57 MB/s
 EMERGENCY_FILL = 0.8  # of the write timeout an emergency write is sized to take
-SWAP_CACHE_DROP_S = 2.0  # kept back from an emergency budget to drop clean swap cache at its end
+SWAP_CACHE_DROP_S = 2.0  # kept back from a run's budget to drop clean swap cache at its end
 
 
 class StagedReclaimer:
@@ -179,7 +179,11 @@ class StagedReclaimer:
                 continue
             stages.append(run.stage(cgroup, backend))
         reason = reason or run.limit_reached() or "complete"
-        if run.emergency:  # also when stopped between cgroups (issue 11: 1.5 GB left cached)
+        # An emergency drops even when stopped between cgroups (issue 11: 1.5 GB left cached);
+        # a light run too, for EC2's own hibernation takes the image at the notice (893 MB of
+        # swap cache there), but not when cancelled: then the host is wanted back, or an
+        # emergency follows that drops it.
+        if run.emergency or reason != "cancelled":
             self._drop_swap_cache(run, root, stages, backend)
         return tuple(stages), reason
 
@@ -309,8 +313,8 @@ class _Run:
         self.progress = progress
         self.pressure = pressure
         self.emergency = request.intensity is Intensity.EMERGENCY
-        # An emergency keeps a little of its budget to drop clean swap cache at the end.
-        reserve = min(SWAP_CACHE_DROP_S, request.budget_s / 10) if self.emergency else 0.0
+        # A little of the budget is kept to drop clean swap cache at the end.
+        reserve = min(SWAP_CACHE_DROP_S, request.budget_s / 10)
         self.final_deadline = clock.monotonic() + request.budget_s
         self.deadline = self.final_deadline - reserve
         self.remaining = request.target_bytes
@@ -335,7 +339,7 @@ class _Run:
         return self.config.write_timeout, "timeout"
 
     def final_writer(self, inner: FileWriter, signum: int) -> BoundedWriter:
-        """For the swap-cache writes at the end of an emergency: the budget kept back for them,
+        """For the swap-cache writes at the end of a run: the budget kept back for them,
         or, when the planner cancelled us to hibernate, the grace its cancel gave (Cancel)."""
         ends = self.final_deadline
         if self.cancel.is_set():
