@@ -317,12 +317,14 @@ class ImdsClient:
             )
         read = min(self._config.read_timeout, ends - now)
         conn = self._connection(what, min(self._config.connect_timeout, ends - now))
-        sock = conn.sock  # kept: an answer without a length detaches it from `conn`
+        sock = conn.sock
         try:
             sock.settimeout(read)
+            if isinstance(sock, _BoundedSocket):
+                sock.bound(ends, self._config.read_timeout, self._timer)
             conn.request(method, self._target(path), headers=headers)
             response = conn.getresponse()
-            body = self._read_body(response, sock, what, ends)
+            body = self._read_body(response, what)
             response.close()  # read whole: the connection may carry the next request
         except BaseException as exc:
             conn.close()  # half used: the next request connects afresh
@@ -362,6 +364,8 @@ class ImdsClient:
             )
             conn = kind(url.hostname or "", url.port, timeout=timeout)
             conn.connect()
+            if url.scheme == "http":  # TLS reads bypass a Python socket's recv_into
+                conn.sock = _BoundedSocket(fileno=conn.sock.detach())
         except TimeoutError as exc:  # nothing accepting: not the hop limit
             raise ImdsUnavailableError(
                 f"{what}: connect timed out after {timeout:.3g} s (nothing accepting?)"
@@ -371,10 +375,8 @@ class ImdsClient:
         self._conn = conn
         return conn
 
-    def _read_body(
-        self, raw: http.client.HTTPResponse, sock: socket.socket, what: str, ends: float
-    ) -> bytes:
-        """The body, read as it comes, stopped at the cap and at the deadline."""
+    def _read_body(self, raw: http.client.HTTPResponse, what: str) -> bytes:
+        """The body, read as it comes, stopped at the cap (and at the deadline: the socket)."""
         declared = raw.getheader("Content-Length", "")
         if declared.isdigit() and int(declared) > self._max_body:
             raise ImdsMalformedError(
@@ -383,12 +385,7 @@ class ImdsClient:
         chunks: list[bytes] = []
         size = 0
         while True:
-            left = ends - self._timer()
             try:
-                if left <= 0:
-                    raise TimeoutError
-                # the next read cannot outlast the deadline
-                sock.settimeout(max(min(left, self._config.read_timeout), MIN_WAIT))
                 chunk = raw.read1(self._max_body + 1 - size)
             except TimeoutError as exc:
                 raise ImdsUnavailableError(
@@ -403,6 +400,27 @@ class ImdsClient:
             if size > self._max_body:
                 raise ImdsMalformedError(f"{what}: answer over the {self._max_body} byte cap")
             chunks.append(chunk)
+
+
+class _BoundedSocket(socket.socket):
+    """A socket whose every receive ends by the request's deadline: a service that drips its
+    status line and headers byte by byte ends the request in time, as a dripped body does
+    (a per-read timeout alone would wait for each byte anew)."""
+
+    _ends = float("inf")
+    _per_read = 1.0
+    _timer: Callable[[], float] = time.monotonic
+
+    def bound(self, ends: float, per_read: float, timer: Callable[[], float]) -> None:
+        """Receives from now on end by `ends` on `timer`, each waiting `per_read` at most."""
+        self._ends, self._per_read, self._timer = ends, per_read, timer
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        left = self._ends - self._timer()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        self.settimeout(max(min(left, self._per_read), MIN_WAIT))
+        return super().recv_into(buffer, nbytes, flags)
 
 
 def _readable(sock: socket.socket) -> bool:

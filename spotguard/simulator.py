@@ -17,7 +17,8 @@ handler that works only against our EC2 imitation is not done (see reference/imd
 Faults (`set_fault`, for the next N matching requests or until cleared, optionally only under
 one path): server errors, throttling, a disabled service, garbage, a request held and dropped
 (``timeout``; the hop limit on the token PUT: ``token_timeout``) or held until the simulator
-stops (``hang``), a body trickled over ``delay`` seconds (``drip``), 64 MiB bodies (``huge``,
+stops (``hang``), a body trickled over ``delay`` seconds (``drip``; ``drip_head``: the status
+line and headers), 64 MiB bodies (``huge``,
 ``huge_unsized`` without Content-Length), deeply nested JSON (``nested``), times out of range
 (``bad_time``), a corrupt token (``bad_token``: CR/LF by default; see BAD_TOKENS) and a listener
 that accepts no connection at all, its backlog full (``never_accept``, for ``delay`` seconds).
@@ -70,6 +71,7 @@ FAULTS: Mapping[str, frozenset[str]] = {
     "garbage": frozenset({"GET"}),
     "slow": GET_PUT,
     "drip": GET_PUT,
+    "drip_head": GET_PUT,
     "huge": GET_PUT,
     "huge_unsized": GET_PUT,
     "nested": frozenset({"GET"}),
@@ -246,6 +248,7 @@ class _Answer:
     delay: float = 0.0  # before answering
     drop: bool = False  # close the connection without answering
     drip: float = 0.0  # spread the body over this many seconds, byte by byte
+    drip_head: float = 0.0  # the same for the status line and headers
     padding: int = 0  # this many spaces before the body (valid JSON, just huge)
     sized: bool = True  # send Content-Length; False: the body ends when the connection does
 
@@ -297,6 +300,7 @@ class MetadataSimulator:
         self.hibernation_configured = hibernation_configured
         self.quirks = quirks or Quirks()
         self._defaults = {"timeout": hold, "token_timeout": hold, "slow": slow, "drip": drip}
+        self._defaults["drip_head"] = drip
         self._defaults["hang"] = hang
         self._lock = threading.Lock()
         self._started_at = self.clock.wall()
@@ -515,6 +519,8 @@ class MetadataSimulator:
             return dataclasses.replace(answer, delay=self._delay(fault))
         if fault.name == "drip":
             return dataclasses.replace(answer, drip=self._delay(fault))
+        if fault.name == "drip_head":
+            return dataclasses.replace(answer, drip_head=self._delay(fault))
         if fault.name in ("huge", "huge_unsized"):
             size = HUGE_SIZE - len(answer.body)
             return dataclasses.replace(answer, padding=size, sized=fault.name == "huge")
@@ -902,6 +908,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10  # idle keep-alive connections end instead of holding a thread forever
     disable_nagle_algorithm = True  # headers and body go out in separate writes
     server: _Server
+    _headers_buffer: list[bytes]  # the base class's, filled by send_header
 
     def do_GET(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -929,19 +936,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         for name, value in answer.headers.items():
             self.send_header(name, value)
-        self.end_headers()
+        if answer.drip_head:
+            head = b"".join(self._headers_buffer) + b"\r\n"  # what end_headers would send
+            self._headers_buffer = []
+            if not self._trickle(head, answer.drip_head):
+                return
+        else:
+            self.end_headers()
         chunk = b" " * 65536
         for start in range(0, answer.padding, len(chunk)):
             self.wfile.write(chunk[: answer.padding - start])
         if not answer.drip or not answer.body:
             self.wfile.write(answer.body)
             return
-        pause = answer.drip / len(answer.body)
-        for i in range(len(answer.body)):
-            self.wfile.write(answer.body[i : i + 1])
+        self._trickle(answer.body, answer.drip)
+
+    def _trickle(self, data: bytes, seconds: float) -> bool:
+        """`data` byte by byte over `seconds`; False when the simulator stopped meanwhile."""
+        pause = seconds / len(data)
+        for i in range(len(data)):
+            self.wfile.write(data[i : i + 1])
             if self.server.stopping.wait(pause):
                 self.close_connection = True
-                return
+                return False
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests and the agent's logs would drown in access lines."""

@@ -352,6 +352,19 @@ def test_slow_drip_is_cut_at_the_deadline(simulator: MetadataSimulator, path: st
     assert notice(client)["action"] == "stop"  # no half-read connection reused
 
 
+@pytest.mark.parametrize("path", [ACTION, TOKEN_PATH])
+def test_dripped_headers_are_cut_at_the_deadline(simulator: MetadataSimulator, path: str) -> None:
+    """Each byte of the status line and headers well within read_timeout: only a total
+    deadline on every receive ends the request in time."""
+    simulator.set_notice("stop")
+    client = client_for(simulator)
+    simulator.set_fault("drip_head", 1, delay=60.0, path=path)
+    error = ImdsTokenTimeoutError if path == TOKEN_PATH else ImdsUnavailableError
+    took = timed_failure(client, ACTION, error, "hop limit" if path == TOKEN_PATH else "timed out")
+    assert took < client.deadline + SLACK
+    assert notice(client)["action"] == "stop"
+
+
 def test_deadline_is_total_not_per_read(simulator: MetadataSimulator) -> None:
     """A drip whose every byte beats read_timeout would pass requests' own timeout."""
     simulator.set_notice("stop")
