@@ -139,10 +139,7 @@ class ReclaimConfig:
     # % memory/io "some" avg10 that ends an idle-time stage
     idle_psi: float = ranged(0.1, 0, 100, " %")
     emergency_psi: float = ranged(20.0, 0, 100, " %")
-    # A light run ends after this long, dropping the swap cache its writes left, and starts
-    # again while the host stays idle: EC2's own hibernation (action hibernate, no lead time)
-    # finds at most this long's worth of it (issue 11: 893 MB after 45 s of one 60 s run).
-    light_budget: Seconds = ranged(Seconds(20.0), 0.01, 86400, " s")
+    light_budget: Seconds = ranged(Seconds(60.0), 0.01, 86400, " s")
     deep_budget: Seconds = ranged(Seconds(300.0), 0.01, 86400, " s")
     write_timeout: Seconds = ranged(Seconds(5.0), 0.01, 600, " s")
     allow_drop_caches: bool = False

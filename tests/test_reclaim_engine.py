@@ -435,6 +435,24 @@ def test_a_light_run_that_ends_drops_the_swap_cache_in_ram(tmp_path: Path) -> No
     assert host.groups["batch.slice"].swap_cached < MIN_STEP
 
 
+def test_a_light_run_whose_last_step_overran_its_budget_still_drops(tmp_path: Path) -> None:
+    """2026-12-03: the last step ended 1.4 s past the budget, and the drop, held to that
+    budget, was interrupted before it began (333 MB of swap cache stayed)."""
+    host = FakeHost(tmp_path / "root", swap_free=4096 * MIB)
+    host.add("batch.slice", file=0, anon=4096 * MIB)
+    host.groups["batch.slice"].swap_cached = 2048 * MIB
+    host.write_meminfo()
+    clock = FakeClock()
+    kernel = FakeKernel(host, swap_cache=0.5, before=timed(clock, 10 * MIB))
+    reclaimer = engine(host, kernel, replace(CONFIG, idle_swap=True), clock=clock)
+    with structlog.testing.capture_logs() as logs:
+        result = reclaimer.reclaim(ReclaimRequest(Intensity.LIGHT, 10.0), threading.Event())
+    assert result.stop_reason == "budget"
+    assert result.duration_s > 10.0  # the drop came after the budget
+    assert not [e for e in logs if e["event"] == "reclaim.swap_cache_stopped"]
+    assert host.groups["batch.slice"].swap_cached < MIN_STEP
+
+
 def test_a_cancelled_light_run_leaves_the_swap_cache_to_what_follows(tmp_path: Path) -> None:
     host = FakeHost(tmp_path / "root", swap_free=4096 * MIB)
     host.add("batch.slice", file=0, anon=4096 * MIB)

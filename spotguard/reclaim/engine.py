@@ -340,8 +340,12 @@ class _Run:
 
     def final_writer(self, inner: FileWriter, signum: int) -> BoundedWriter:
         """For the swap-cache writes at the end of a run: the budget kept back for them,
-        or, when the planner cancelled us to hibernate, the grace its cancel gave (Cancel)."""
+        or, when the planner cancelled us to hibernate, the grace its cancel gave (Cancel).
+        An idle-time run's last step can overrun its budget (2026-12-03: by 1.4 s, and the
+        drop then had none); with no deadline behind that budget, the drop gets its grace."""
         ends = self.final_deadline
+        if not self.emergency:
+            ends = max(ends, self.clock.monotonic() + DROP_GRACE_S)
         if self.cancel.is_set():
             grace = self.cancel.grace_s if isinstance(self.cancel, Cancel) else DROP_GRACE_S
             ends = min(ends, self.clock.monotonic() + grace)
