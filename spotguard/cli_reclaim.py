@@ -168,7 +168,9 @@ def verdict(
     if reason == "unavailable":
         return EXIT_UNUSABLE, f"no reclaim backend: {report.describe()}"
     if reason == "pressure":
-        return EXIT_STOPPED, f"stopped by pressure: {result.stop_detail}; {_IGNORE}"
+        pressured = [s for s in result.stages if s.stop_reason == "pressure"]
+        where = "; ".join(f"{s.cgroup}: {s.stop_detail}" for s in pressured)
+        return EXIT_STOPPED, f"stopped by pressure: {where or result.stop_detail}; {_IGNORE}"
     if reason == "budget":
         return EXIT_STOPPED, (
             f"stopped by the time budget: {result.duration_s:.1f} s of --timeout "
@@ -181,10 +183,6 @@ def verdict(
         )
     if reason == "no-targets":
         return EXIT_STOPPED, f"nothing to reclaim: {_no_targets(request, config, report)}"
-    pressured = [s for s in result.stages if s.stop_reason == "pressure"]
-    if pressured:
-        where = "; ".join(f"{s.cgroup}: {s.stop_detail}" for s in pressured)
-        return EXIT_STOPPED, f"stopped by pressure: {where}; {_IGNORE}"
     return EXIT_DONE, ""
 
 

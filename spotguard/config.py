@@ -144,6 +144,8 @@ class ReclaimConfig:
     write_timeout: Seconds = ranged(Seconds(5.0), 0.01, 600, " s")
     allow_drop_caches: bool = False
     repeat_after: Seconds = ranged(Seconds(600.0), 0, 7 * 86400, " s")
+    # after a light run stopped by pressure (or another reclaim's lock): doubled per such run
+    retry_after: Seconds = ranged(Seconds(15.0), 0, 7 * 86400, " s")
     # Idle reclaim swaps the background cgroups' anonymous memory too, after their page cache:
     # what is swapped before a notice is not shrunk inside the 2-minute window (issue 11).
     # false: page cache only, a faster wake-up for the background cgroups.

@@ -79,6 +79,7 @@ class PlannerState:
     slept: float | None = None  # Observation.slept at the previous tick
     idle_since: float | None = None  # monotonic
     last_light_end: float | None = None  # monotonic
+    light_cut_short: int = 0  # light runs in a row stopped by pressure or a busy lock
     prepared_for: str = ""  # id of the event the deep reclaim ran for
     notice_id: str = ""
     emergency_reclaim_done: bool = False
@@ -299,8 +300,13 @@ def _note_reclaim_end(state: PlannerState, obs: Observation) -> PlannerState:
         return dataclasses.replace(state, emergency_reclaim_done=True)
     if done.intensity is Intensity.LIGHT and done.stop_reason == "budget":
         return state  # stopped by its budget, not the kernel: go on while the host stays idle
+    if done.intensity is Intensity.LIGHT and done.stop_reason in ("pressure", "busy"):
+        # Cut short, not done (2026-12-03, 2 GiB: stopped after 5 s on the foreground's PSI,
+        # then 600 s of waiting let EC2's hibernation take a 577 MiB image): try again soon.
+        cut = state.light_cut_short + 1
+        return dataclasses.replace(state, last_light_end=obs.monotonic, light_cut_short=cut)
     if done.intensity is Intensity.LIGHT:
-        return dataclasses.replace(state, last_light_end=obs.monotonic)
+        return dataclasses.replace(state, last_light_end=obs.monotonic, light_cut_short=0)
     return state
 
 
@@ -602,4 +608,14 @@ def _idle_long_enough(state: PlannerState, obs: Observation, config: Config) -> 
     if state.idle_since is None or obs.monotonic - state.idle_since < config.idle.duration:
         return False
     last = state.last_light_end
-    return last is None or obs.monotonic - last >= config.reclaim.repeat_after
+    return last is None or obs.monotonic - last >= _light_wait(state.light_cut_short, config)
+
+
+def _light_wait(cut_short: int, config: Config) -> float:
+    """Seconds between light runs: `repeat_after` after one that ran its course; after one cut
+    short, `retry_after`, doubled for each such run in a row (PSI's 10-s average decays slowly,
+    and a run that stops again at once is not worth starting every tick), up to `repeat_after`."""
+    reclaim = config.reclaim
+    if cut_short == 0:
+        return reclaim.repeat_after
+    return min(reclaim.repeat_after, reclaim.retry_after * (1 << min(cut_short - 1, 32)))

@@ -131,6 +131,29 @@ class TestIdle:
         _, later = plan(state, obs(614), cfg)
         assert any(isinstance(d, StartReclaim) for d in later)
 
+    @pytest.mark.parametrize("why", ["pressure", "busy"])
+    def test_a_light_run_cut_short_is_retried_with_a_growing_wait(self, why: str) -> None:
+        """2026-12-03, 2 GiB: stopped by the foreground's PSI after 5 s, the next try was 600 s
+        away and EC2's hibernation took a 577 MiB image. Soon, but not every tick."""
+        cfg = config(
+            idle={"duration": "10s"}, reclaim={"retry_after": "15s", "repeat_after": "600s"}
+        )
+        state, _ = steps(PlannerState(), cfg, obs(0), obs(10))
+        t, waits = 10.0, []
+        for _ in range(7):
+            t += 5
+            cut = ReclaimResult(Intensity.LIGHT, 100 << 20, 5.0, why)
+            state, _ = plan(state, obs(t, reclaim_finished=cut), cfg)
+            ended = t
+            while not any(isinstance(d, StartReclaim) for d in plan(state, obs(t), cfg)[1]):
+                t += 1
+            waits.append(t - ended)
+            state, _ = plan(state, obs(t), cfg)
+        assert waits == [15, 30, 60, 120, 240, 480, 600]
+        done = ReclaimResult(Intensity.LIGHT, 100 << 20, 5.0, "no-progress")
+        state, _ = plan(state, obs(t + 5, reclaim_finished=done), cfg)
+        assert state.light_cut_short == 0  # a run that ran its course: repeat_after again
+
     def test_light_reclaim_cut_by_its_budget_goes_on(self) -> None:
         cfg = config(idle={"duration": "10s"})
         state, _ = steps(PlannerState(), cfg, obs(0), obs(10))

@@ -190,6 +190,24 @@ def test_pressure_rising_mid_stage_stops_it(host: FakeHost) -> None:
     assert result.stages[0].steps == 1
 
 
+def test_a_light_run_whose_last_stage_pressure_stopped_is_not_complete(host: FakeHost) -> None:
+    """2026-12-03, 2 GiB: the only background cgroup's stage stopped on the foreground's PSI and
+    the run said "complete", so the planner waited `repeat_after` before trying again."""
+
+    def rise(path: Path, data: str) -> None:
+        if path.parent.name == "batch.slice":
+            host.put(f"{host.cgroup_root}/db.slice/memory.pressure", psi(0.18))
+
+    result = engine(host, FakeKernel(host, before=rise)).reclaim(
+        ReclaimRequest(Intensity.LIGHT, 60.0), threading.Event()
+    )
+    assert [(s.cgroup, s.stop_reason, s.steps) for s in result.stages] == [
+        ("batch.slice", "pressure", 1)
+    ]
+    assert result.stop_reason == "pressure"
+    assert result.stop_detail == "workload memory PSI some avg10 0.18% > 0.1% (reclaim.idle_psi)"
+
+
 def test_budget_is_measured_on_the_injected_clock(host: FakeHost) -> None:
     clock = FakeClock()
     kernel = FakeKernel(host, before=lambda path, data: clock.advance(4.0))

@@ -178,7 +178,10 @@ class StagedReclaimer:
                 log.error("reclaim.cgroup_refused", cgroup=name, error=str(exc))
                 continue
             stages.append(run.stage(cgroup, backend))
-        reason = reason or run.limit_reached() or "complete"
+        # A stage stopped by pressure leaves the run short of what it was asked: not "complete",
+        # so the planner tries again soon instead of waiting `repeat_after`.
+        pressured = any(s.stop_reason == "pressure" for s in stages)
+        reason = reason or run.limit_reached() or ("pressure" if pressured else "complete")
         # An emergency drops even when stopped between cgroups (issue 11: 1.5 GB left cached);
         # a light run too, for EC2's own hibernation takes the image at the notice (893 MB of
         # swap cache there), but not when cancelled: then the host is wanted back, or an
