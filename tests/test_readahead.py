@@ -4,6 +4,7 @@ its errors are what can be checked here; the read-back itself is measured in the
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -81,10 +82,11 @@ class Recorder:
         self.asked: list[tuple[int, list[SwappedRange]]] = []
         self.errors = errors or {}
 
-    def willneed(self, pid: int, ranges: Sequence[SwappedRange]) -> None:
+    def willneed(self, pid: int, ranges: Sequence[SwappedRange]) -> int:
         if pid in self.errors:
             raise OSError(self.errors[pid], os.strerror(self.errors[pid]))
         self.asked.append((pid, list(ranges)))
+        return sum(r.length for r in ranges)
 
 
 def host(root: Path, free: int, total: int = 1000 * MIB) -> HostFS:
@@ -162,6 +164,17 @@ def test_processes_that_went_away_are_skipped_and_named(tmp_path: Path) -> None:
     assert (report.processes, report.asked) == (1, 8 * MIB)
 
 
+def test_a_call_the_kernel_took_only_part_of_is_named(tmp_path: Path) -> None:
+    class Short(Recorder):
+        def willneed(self, pid: int, ranges: Sequence[SwappedRange]) -> int:
+            return super().willneed(pid, ranges) // 2
+
+    fs = host(tmp_path, free=900 * MIB)
+    give(tmp_path, 20, (0x10000000, 8, 8))
+    report = read_back(fs, [20], Short(), SystemClock())
+    assert report.skipped == (f"pid 20: the kernel took {4 * MIB} of {8 * MIB} bytes of ranges",)
+
+
 @pytest.mark.parametrize(
     ("code", "says"),
     [
@@ -188,13 +201,15 @@ def test_unreadable_meminfo_is_a_readahead_error(tmp_path: Path) -> None:
         read_back(HostFS(tmp_path), [1], Recorder(), SystemClock())
 
 
-@pytest.fixture
-def child() -> Iterator[tuple[int, int, int]]:
-    """A live child with 8 MiB of anonymous memory touched: (pid, start, length)."""
+@contextlib.contextmanager
+def a_child(length: int, touched: bool) -> Iterator[tuple[int, int, int]]:
+    """A live child with `length` bytes of anonymous memory: (pid, start, length)."""
     script = (
         "import mmap, ctypes, sys\n"
-        "m = mmap.mmap(-1, 8 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
-        "m.write(b'x' * (8 << 20))\n"
+        # MAP_NORESERVE (0x4000 on x86_64 and arm64; not in Python's mmap): not counted
+        # against overcommit, so an untouched 5 GiB maps on a small CI machine too
+        f"m = mmap.mmap(-1, {length}, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x4000)\n"
+        f"{f'm.write(bytes({length}))' if touched else 'pass'}\n"
         "print(ctypes.addressof(ctypes.c_char.from_buffer(m)), flush=True)\n"
         "sys.stdin.read()\n"
     )
@@ -203,8 +218,15 @@ def child() -> Iterator[tuple[int, int, int]]:
     )
     assert proc.stdout is not None
     start = int(proc.stdout.readline())
-    yield proc.pid, start, 8 << 20
+    yield proc.pid, start, length
     proc.communicate("")
+
+
+@pytest.fixture
+def child() -> Iterator[tuple[int, int, int]]:
+    """8 MiB, touched."""
+    with a_child(8 << 20, touched=True) as found:
+        yield found
 
 
 def test_the_real_syscall_accepts_a_live_childs_anonymous_range(
@@ -213,7 +235,22 @@ def test_the_real_syscall_accepts_a_live_childs_anonymous_range(
     pid, start, length = child
     if os.geteuid() != 0:
         pytest.skip("process_madvise needs CAP_SYS_NICE")
-    ProcessMadvise().willneed(pid, [SwappedRange(start, length, length)])
+    assert ProcessMadvise().willneed(pid, [SwappedRange(start, length, length)]) == length
+
+
+def test_the_real_syscall_takes_ranges_past_the_kernels_cap_on_one_call() -> None:
+    """The kernel takes 2 GiB less a page of one call's ranges and drops the rest silently
+    (2026-12-03: 2 of 4.8 GB read back, the rest faulted in page by page). 5 GiB untouched:
+    nothing to read, only the page-table walk."""
+    if os.geteuid() != 0:
+        pytest.skip("process_madvise needs CAP_SYS_NICE")
+    with a_child(5 << 30, touched=False) as (pid, start, length):
+        third = length // 3 // PAGE * PAGE
+        ranges = [
+            SwappedRange(start, third, third),
+            SwappedRange(start + third, length - third, length - third),
+        ]
+        assert ProcessMadvise().willneed(pid, ranges) == length
 
 
 def test_the_real_syscall_on_an_exited_process_is_esrch() -> None:
